@@ -1,0 +1,303 @@
+"""The ``prismrec`` command line. Users script against it: extend, never break.
+
+Contract (see docs/cli.md):
+
+* ``prismrec train --model NAME --data PATH_OR_NAME --out RUN_DIR [--config FILE] [--set KEY=VALUE ...]
+  [--seed N] [--epochs MAX] [--resume]`` writes ``RUN_DIR/metrics.json`` and the run files;
+* ``prismrec evaluate RUN_DIR`` re-scores a saved run and prints its test metrics;
+* ``prismrec datasets`` lists known datasets with statistics;
+* ``prismrec compare`` trains several models x seeds and prints/saves a Markdown and CSV table;
+* ``prismrec recommend RUN_DIR --user RAW_ID -k 10`` prints raw item ids and titles;
+* ``prismrec tune`` grid-searches on validation, then runs the chosen setting over several seeds;
+* ``prismrec significance RUN_A RUN_B`` runs a paired test; ``prismrec models`` lists models.
+
+User errors exit with status 2 and a one-paragraph message; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="prismrec: train, compare, evaluate and serve multimodal recommenders.",
+)
+
+_STATE = {"debug": False, "quiet": False}
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    logger = logging.getLogger("prismrec")
+    logger.handlers.clear()
+    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False, markup=False,
+                          rich_tracebacks=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks of errors"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="only warnings and results"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging"),
+) -> None:
+    _STATE["debug"] = debug
+    _STATE["quiet"] = quiet
+    _setup_logging(quiet, verbose)
+
+
+def _progress() -> bool:
+    return not _STATE["quiet"] and sys.stderr.isatty()
+
+
+def _print(text: str) -> None:
+    typer.echo(text)
+
+
+# ------------------------------------------------------------------------------------------------
+@app.command()
+def train(
+    model: str = typer.Option(..., "--model", "-m", help="model name (prismrec models lists them)"),
+    data: str = typer.Option(..., "--data", "-d", help="dataset folder, file, or bundled name"),
+    out: Path = typer.Option(..., "--out", "-o", help="run directory to create (or to resume)"),
+    config: list[Path] = typer.Option([], "--config", "-c", help="YAML config file(s), applied in order"),
+    set_: list[str] = typer.Option([], "--set", "-s", help="override KEY=VALUE (e.g. train.learning_rate=1e-3)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="random seed (default 0)"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="maximum number of epochs"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
+    device: Optional[str] = typer.Option(None, "--device", help="torch device (auto, cpu, cuda, cuda:1)"),
+) -> None:
+    """Train one model and write RUN_DIR/metrics.json (test metrics at the best validation epoch)."""
+    from ..runs import train_run
+
+    run = train_run(model, data, out, config_files=config, overrides=set_, seed=seed, epochs=epochs,
+                    resume=resume, progress=_progress(), device=device)
+    m = run.metrics
+    _print(_metrics_table(m["test"], title=f"{m['model']} on {m['dataset']}: test at best epoch {m['best_epoch']} "
+                                           f"(of {m['epochs_run']}, {m['train_seconds']:.1f}s)"))
+    _print(f"run saved in {out}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="a run directory made by prismrec train"),
+    stage: str = typer.Option("test", "--stage", help="test or valid"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Re-score a saved run on its saved split and print the metrics."""
+    from ..runs import evaluate_run
+
+    if stage not in ("test", "valid"):
+        raise typer.BadParameter("--stage is test or valid")
+    metrics = evaluate_run(run_dir, stage)
+    _print(json.dumps(metrics, indent=2) if as_json else _metrics_table(metrics, title=f"{run_dir}: {stage}"))
+
+
+@app.command()
+def datasets(
+    root: list[Path] = typer.Option([], "--root", help="extra folder(s) holding datasets"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """List bundled datasets and those under data roots (PRISMREC_DATA, ./data, --root) with statistics."""
+    from ..config import DataConfig
+    from ..data import list_known, read_dataset
+    from ..errors import PrismrecError
+
+    if root:
+        os.environ["PRISMREC_DATA"] = os.pathsep.join([*map(str, root), os.environ.get("PRISMREC_DATA", "")])
+    rows = []
+    for name, path in list_known():
+        try:
+            ds = read_dataset(path, DataConfig())
+        except PrismrecError as exc:
+            rows.append({"name": name, "path": str(path), "error": str(exc).split(". ")[0]})
+            continue
+        st = ds.stats()
+        rows.append({"name": name, "path": str(path), **{k: st[k] for k in
+                     ("format", "users", "items", "interactions", "density", "given_split")},
+                     "modalities": "; ".join(st["modalities"].values()) or "-"})
+    if as_json:
+        _print(json.dumps(rows, indent=2))
+        return
+    lines = ["| name | format | users | items | interactions | density | split | modalities |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['name']} | unreadable: {r['error']} | | | | | | |")
+        else:
+            lines.append(f"| {r['name']} | {r['format']} | {r['users']:,} | {r['items']:,} | {r['interactions']:,} | "
+                         f"{r['density']:.5f} | {'given' if r['given_split'] else '-'} | {r['modalities']} |")
+    _print("\n".join(lines))
+
+
+@app.command()
+def compare(
+    model: list[str] = typer.Option(..., "--model", "-m", help="model entry, repeatable: NAME or NAME[k=v;k=v]"),
+    data: str = typer.Option(..., "--data", "-d"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for every run and the tables"),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds"),
+    config: list[Path] = typer.Option([], "--config", "-c"),
+    set_: list[str] = typer.Option([], "--set", "-s", help="override for every run (model.key applies to that model)"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    metrics: str = typer.Option("recall@10,recall@20,ndcg@10,ndcg@20", "--metrics"),
+) -> None:
+    """Train several models (x seeds) on one split; print and save a Markdown and CSV table."""
+    from ..compare import compare as run_compare
+
+    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    log = logging.getLogger("prismrec")
+
+    def on_run(label: str, seed: int, m: dict) -> None:
+        log.info("%s seed %d: test %s", label, seed,
+                 ", ".join(f"{k} {m['test'][k]:.4f}" for k in metrics.split(",") if k in m["test"]))
+
+    res = run_compare(model, data, out, seeds=seed_list, config_files=config, overrides=set_, epochs=epochs,
+                      metrics=[m.strip().lower() for m in metrics.split(",")], progress=_progress(), on_run=on_run)
+    _print(res.markdown)
+    _print(f"tables saved in {out}/results.md and {out}/results.csv")
+
+
+@app.command()
+def tune(
+    model: str = typer.Option(..., "--model", "-m"),
+    data: str = typer.Option(..., "--data", "-d"),
+    out: Path = typer.Option(..., "--out", "-o"),
+    grid: list[str] = typer.Option(..., "--grid", "-g", help="KEY=V1,V2,... (repeatable); values parsed as YAML"),
+    seeds: str = typer.Option("0", "--seeds", help="seeds of each trial (selection uses their mean)"),
+    final_seeds: str = typer.Option("0,1,2", "--final-seeds", help="seeds for the chosen setting ('' to skip)"),
+    select: str = typer.Option("recall@20", "--select", help="validation metric that picks the setting"),
+    config: list[Path] = typer.Option([], "--config", "-c"),
+    set_: list[str] = typer.Option([], "--set", "-s"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+) -> None:
+    """Grid search on VALIDATION, then the chosen setting over several seeds (test mean and spread)."""
+    from ..compare import tune as run_tune
+    from ..config import parse_value
+    from ..errors import ConfigError
+
+    space: dict[str, list] = {}
+    for g in grid:
+        if "=" not in g:
+            raise ConfigError(f"--grid {g!r} is not KEY=V1,V2. Example: --grid reg_weight=1e-4,1e-3")
+        key, vals = g.split("=", 1)
+        space[key.strip()] = [parse_value(v.strip()) for v in _split_values(vals)]
+    log = logging.getLogger("prismrec")
+    res = run_tune(model, data, out, space, seeds=[int(s) for s in seeds.split(",") if s.strip()],
+                   final_seeds=[int(s) for s in final_seeds.split(",") if s.strip()], config_files=config,
+                   overrides=set_, epochs=epochs, select=select.lower(), progress=_progress(),
+                   on_run=lambda label, seed, m: log.info("%s seed %d: valid %s %.4f", label, seed, select,
+                                                          m["valid"].get(select.lower(), float("nan"))))
+    _print(res.markdown)
+
+
+def _split_values(text: str) -> list[str]:
+    """Split V1,V2 on commas outside brackets, so list values like [1,2] stay whole."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "[{("
+        depth -= ch in "]})"
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [v for v in [*out, cur] if v.strip()]
+
+
+@app.command()
+def recommend(
+    run_dir: Path = typer.Argument(...),
+    user: list[str] = typer.Option(..., "--user", "-u", help="raw user id (repeatable)"),
+    k: int = typer.Option(10, "-k", "--k", min=1, help="number of items"),
+    include_seen: bool = typer.Option(False, "--include-seen", help="do not filter items the user already has"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Print the top-k raw item ids (and titles) for one or more users of a saved run."""
+    from ..runs import load_run
+
+    frame = load_run(run_dir).recommend(user, k, exclude_seen=not include_seen)
+    if as_json:
+        _print(frame.to_json(orient="records", indent=2))
+        return
+    for u, grp in frame.groupby("user", sort=False):
+        _print(f"user {u}:")
+        for _, r in grp.iterrows():
+            title = f"  {r['title']}" if r["title"] else ""
+            _print(f"  {r['rank']:>3}. {r['item']}{title}")
+
+
+@app.command()
+def significance(
+    run_a: Path = typer.Argument(...),
+    run_b: Path = typer.Argument(...),
+    metric: str = typer.Option("ndcg@20", "--metric"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Paired test of two runs on the same split (per-user metric): t-test, Wilcoxon, bootstrap CI."""
+    from ..runs import compare_runs
+
+    t = compare_runs(run_a, run_b, metric.lower())
+    _print(json.dumps(t.as_dict(), indent=2) if as_json else t.summary(str(run_a), str(run_b)))
+
+
+@app.command()
+def models() -> None:
+    """List the registered models with their settings and defaults."""
+    from ..models import MODELS
+
+    for name in MODELS.names():
+        cls = MODELS.get(name)
+        fields = ", ".join(f"{k}={v.default!r}" for k, v in cls.Config.model_fields.items())
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        _print(f"{name:12s} [{cls.family}] {doc}\n{'':12s} {fields or '(no settings)'}")
+
+
+def _metrics_table(metrics: dict, title: str) -> str:
+    names = sorted({k.split("@")[0] for k in metrics})
+    ks = sorted({int(k.split("@")[1]) for k in metrics})
+    lines = [title, "", "| metric | " + " | ".join(f"@{k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(f"{metrics.get(f'{n}@{k}', float('nan')):.4f}" for k in ks) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Console entry point: user errors become one paragraph and exit status 2."""
+    from ..errors import PrismrecError
+
+    debug = "--debug" in sys.argv or os.environ.get("PRISMREC_DEBUG") == "1"
+    try:
+        app()
+    except PrismrecError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; a run resumes with the same command plus --resume", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug or an environment problem: still one paragraph unless --debug
+        if debug:
+            raise
+        typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (run again with --debug for the traceback, "
+                   "and please report it)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,238 @@
+"""Compare several models or configurations over several seeds: one table, mean and spread.
+
+An entry is a model name, optionally with its own settings in brackets, e.g. ``lightgcn``,
+``lightgcn[n_layers=2]`` or ``bpr[item_bias=true;reg_weight=0.001]`` (``;`` separates settings).
+Every entry x seed trains into ``OUT/<entry>/seed-<seed>``; finished runs are reused and interrupted
+ones resumed, so a killed comparison continues where it stopped. All entries share one split
+(``data.split_seed``), so per-user results are paired: each entry is tested against the first one
+with a paired test on the per-user metric averaged over seeds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError
+from .evaluate.significance import paired_test
+from .runs import METRICS_FILE, PER_USER_FILE, train_run
+from .utils.io import read_json, write_text
+
+ENTRY_RE = re.compile(r"^\s*(?P<model>[A-Za-z0-9_\-]+)\s*(?:\[(?P<settings>.*)\])?\s*$")
+DEFAULT_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+
+
+@dataclass
+class Entry:
+    label: str
+    model: str
+    overrides: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, text: str) -> "Entry":
+        m = ENTRY_RE.match(text)
+        if not m:
+            raise ConfigError(f"cannot parse model entry {text!r}; write NAME or NAME[key=value;key=value].")
+        settings = [s.strip() for s in (m.group("settings") or "").split(";") if s.strip()]
+        for s in settings:
+            if "=" not in s:
+                raise ConfigError(f"setting {s!r} in entry {text!r} is not key=value.")
+        from .models import MODELS
+
+        model = MODELS.canonical(m.group("model"))
+        # bare keys inside brackets belong to this model's section unless qualified
+        overrides = [s if "." in s.split("=", 1)[0] else f"{model}.{s}" if _is_model_key(model, s) else s
+                     for s in settings]
+        return cls(label=text.strip(), model=model, overrides=overrides)
+
+    @property
+    def dirname(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.label).strip("_")
+
+
+def _is_model_key(model: str, setting: str) -> bool:
+    from .models import MODELS
+
+    key = setting.split("=", 1)[0].strip().lower()
+    return key in MODELS.get(model).Config.model_fields
+
+
+@dataclass
+class Comparison:
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    markdown: str
+    out: Path
+
+
+def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *, seeds: Sequence[int] = (0,),
+            config_files: Sequence[str | Path] = (), overrides: Sequence[str] = (), epochs: int | None = None,
+            metrics: Sequence[str] = DEFAULT_METRICS, progress: bool = False,
+            on_run: Callable[[str, int, dict[str, Any]], None] | None = None) -> Comparison:
+    """Train (or reuse) every entry x seed under ``out`` and tabulate test metrics (mean, std)."""
+    out = Path(out)
+    parsed = [e if isinstance(e, Entry) else Entry.parse(e) for e in entries]
+    labels = [e.label for e in parsed]
+    if len(set(labels)) != len(labels):
+        raise ConfigError("the same model entry is listed twice; give each entry different settings.")
+    rows = []
+    for entry in parsed:
+        for seed in seeds:
+            run_dir = out / entry.dirname / f"seed-{seed}"
+            if (run_dir / METRICS_FILE).is_file():
+                m = read_json(run_dir / METRICS_FILE)
+            else:
+                resume = run_dir.is_dir() and any(run_dir.iterdir())
+                m = train_run(entry.model, data, run_dir, config_files=config_files,
+                              overrides=[*overrides, *entry.overrides], seed=seed, epochs=epochs, resume=resume,
+                              progress=progress).metrics
+            if on_run:
+                on_run(entry.label, seed, m)
+            row = {"entry": entry.label, "model": m["model"], "seed": seed, "best_epoch": m["best_epoch"],
+                   "epochs_run": m["epochs_run"], "train_seconds": m["train_seconds"],
+                   "epoch_seconds": m.get("epoch_seconds"), "eval_seconds": m.get("eval_seconds"),
+                   "peak_rss_mb": m.get("peak_rss_mb"), "run_dir": str(run_dir)}
+            row.update({f"test_{k}": m["test"].get(k, np.nan) for k in metrics})
+            row.update({f"valid_{k}": m["valid"].get(k, np.nan) for k in metrics})
+            rows.append(row)
+    runs = pd.DataFrame(rows)
+    summary = _summarise(runs, parsed, metrics, out, seeds)
+    md = _markdown(summary, metrics, data, seeds)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "runs.csv", runs.to_csv(index=False))
+    write_text(out / "results.csv", summary.to_csv(index=False))
+    write_text(out / "results.md", md)
+    return Comparison(runs, summary, md, out)
+
+
+def _summarise(runs: pd.DataFrame, entries: list[Entry], metrics: Sequence[str], out: Path,
+               seeds: Sequence[int]) -> pd.DataFrame:
+    ref = entries[0]
+    ref_users, ref_vals = _seed_mean_per_user(out / ref.dirname, seeds, metrics[-1])
+    recs = []
+    for e in entries:
+        sub = runs[runs["entry"] == e.label]
+        rec: dict[str, Any] = {"entry": e.label, "seeds": len(sub)}
+        for k in metrics:
+            vals = sub[f"test_{k}"].to_numpy(float)
+            rec[f"{k}_mean"] = float(np.mean(vals))
+            rec[f"{k}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        rec["train_seconds_mean"] = float(sub["train_seconds"].mean())
+        rec["epoch_seconds_mean"] = float(sub["epoch_seconds"].mean())
+        rec["best_epoch_mean"] = float(sub["best_epoch"].mean())
+        if e is not ref and ref_users is not None:
+            users, vals = _seed_mean_per_user(out / e.dirname, seeds, metrics[-1])
+            if users is not None:
+                t = paired_test(ref_users, ref_vals, users, vals, metrics[-1])
+                rec[f"diff_vs_{ref.label}"] = t.diff
+                rec["p_value"] = t.t_pvalue
+        recs.append(rec)
+    return pd.DataFrame(recs)
+
+
+def _seed_mean_per_user(entry_dir: Path, seeds: Sequence[int], metric: str):
+    users, acc = None, []
+    for s in seeds:
+        p = entry_dir / f"seed-{s}" / PER_USER_FILE
+        if not p.is_file():
+            return None, None
+        with np.load(p) as z:
+            if metric not in z.files:
+                return None, None
+            if users is None:
+                users = z["users"]
+            elif not np.array_equal(users, z["users"]):
+                return None, None
+            acc.append(z[metric])
+    return users, np.mean(acc, axis=0)
+
+
+def _markdown(summary: pd.DataFrame, metrics: Sequence[str], data: Any, seeds: Sequence[int]) -> str:
+    head = ["model", *metrics, "s/epoch", "best epoch"]
+    has_p = "p_value" in summary.columns
+    if has_p:
+        head.append(f"p vs {summary['entry'].iloc[0]} ({metrics[-1]})")
+    lines = [f"Test metrics on `{data}`, mean ± std over seeds {', '.join(map(str, seeds))} "
+             f"(epoch chosen on validation).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in summary.iterrows():
+        cells = [f"`{r['entry']}`"] + [f"{r[f'{k}_mean']:.4f} ± {r[f'{k}_std']:.4f}" for k in metrics]
+        cells += [f"{r['epoch_seconds_mean']:.3f}", f"{r['best_epoch_mean']:.0f}"]
+        if has_p:
+            p = r.get("p_value")
+            cells.append("–" if p is None or (isinstance(p, float) and np.isnan(p)) else f"{p:.3g}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class TuneResult:
+    trials: pd.DataFrame
+    best: Entry
+    final: Comparison | None
+    markdown: str
+
+
+def grid_entries(model: str, grid: dict[str, list[Any]]) -> list[Entry]:
+    """Every combination of a small grid as compare entries (``model[k=v;...]``)."""
+    import itertools
+    import json
+
+    keys = list(grid)
+    entries = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        settings = ";".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in zip(keys, values))
+        entries.append(Entry.parse(f"{model}[{settings}]" if settings else model))
+    return entries
+
+
+def tune(model: str, data: str | Path, out: str | Path, grid: dict[str, list[Any]], *,
+         seeds: Sequence[int] = (0,), final_seeds: Sequence[int] = (), config_files: Sequence[str | Path] = (),
+         overrides: Sequence[str] = (), epochs: int | None = None, select: str = "recall@20",
+         progress: bool = False, on_run: Callable[[str, int, dict[str, Any]], None] | None = None) -> TuneResult:
+    """Grid search selected on the VALIDATION metric ``select`` (mean over ``seeds``).
+
+    Every trial is a run under ``out/trials``; the chosen setting is then run with ``final_seeds``
+    (reusing trials with the same seed) under ``out/final``, whose table reports test mean and spread.
+    """
+    out = Path(out)
+    entries = grid_entries(model, grid)
+    metrics = list(dict.fromkeys([select, *DEFAULT_METRICS]))
+    trials = compare(entries, data, out / "trials", seeds=seeds, config_files=config_files, overrides=overrides,
+                     epochs=epochs, metrics=metrics, progress=progress, on_run=on_run)
+    per_entry = trials.runs.groupby("entry", sort=False)[f"valid_{select}"].mean()
+    best_label = str(per_entry.idxmax())
+    best = next(e for e in entries if e.label == best_label)
+    final = None
+    if final_seeds:
+        final_dir = out / "final"
+        for s in final_seeds:  # reuse trial runs of the chosen setting
+            src = out / "trials" / best.dirname / f"seed-{s}"
+            dst = final_dir / best.dirname / f"seed-{s}"
+            if (src / METRICS_FILE).is_file() and not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.symlink_to(src.resolve(), target_is_directory=True)
+        final = compare([best], data, final_dir, seeds=final_seeds, config_files=config_files,
+                        overrides=overrides, epochs=epochs, metrics=list(DEFAULT_METRICS), progress=progress,
+                        on_run=on_run)
+    table = trials.runs.groupby("entry", sort=False).agg(
+        **{f"valid_{select}": (f"valid_{select}", "mean"), f"test_{select}": (f"test_{select}", "mean"),
+           "best_epoch": ("best_epoch", "mean")}).reset_index()
+    lines = [f"Grid for `{model}` on `{data}`, selected on validation {select} (seeds {list(seeds)}); "
+             f"chosen: `{best.label}`", "", f"| setting | valid {select} | test {select} | best epoch |",
+             "|---|---|---|---|"]
+    for _, r in table.iterrows():
+        mark = " **(chosen)**" if r["entry"] == best.label else ""
+        lines.append(f"| `{r['entry']}`{mark} | {r[f'valid_{select}']:.4f} | {r[f'test_{select}']:.4f} | "
+                     f"{r['best_epoch']:.0f} |")
+    md = "\n".join(lines) + "\n"
+    if final is not None:
+        md += "\n" + final.markdown
+    write_text(out / "tune.md", md)
+    write_text(out / "trials.csv", trials.runs.to_csv(index=False))
+    return TuneResult(trials.runs, best, final, md)

@@ -1,0 +1,1 @@
+"""Datasets shipped with prismrec (see each folder's ATTRIBUTION.md)."""

@@ -1,0 +1,65 @@
+"""Where datasets are found: bundled names, data roots, or a path.
+
+``--data`` accepts
+
+* the name of a bundled dataset (``demo``), shipped inside the package;
+* the name of a folder under a data root: each folder listed in ``PRISMREC_DATA`` (``os.pathsep``
+  separated), then ``./data``;
+* a path to a folder (or file) in any supported format.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+from ..errors import DataError
+
+BUNDLED_PACKAGE = "prismrec.data.bundled"
+
+
+def bundled_root() -> Path:
+    return Path(str(resources.files(BUNDLED_PACKAGE)))
+
+
+def bundled_names() -> list[str]:
+    root = bundled_root()
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+
+
+def data_roots() -> list[Path]:
+    roots = [Path(p).expanduser() for p in os.environ.get("PRISMREC_DATA", "").split(os.pathsep) if p]
+    roots.append(Path("data"))
+    return [r for r in roots if r.is_dir()]
+
+
+def resolve_source(source: str | os.PathLike) -> Path:
+    """Turn a dataset name or path into an existing path (errors list what is available)."""
+    text = str(source)
+    p = Path(text).expanduser()
+    if p.exists() and (os.sep in text or p.is_absolute() or text.startswith(".") or text not in bundled_names()):
+        return p.resolve()
+    if text in bundled_names():
+        return bundled_root() / text
+    for root in data_roots():
+        cand = root / text
+        if cand.exists():
+            return cand.resolve()
+    known = bundled_names() + sorted({q.name for r in data_roots() for q in r.iterdir() if q.is_dir()})
+    from ..registry import suggest
+
+    raise DataError(
+        f"no dataset named or found at '{text}'.{suggest(text, known)} Known names: {', '.join(known) or 'none'}.",
+        fix="pass a folder path, a bundled name (prismrec datasets lists them), or add a data root to PRISMREC_DATA.",
+    )
+
+
+def list_known() -> list[tuple[str, Path]]:
+    """(name, path) of bundled datasets and of every folder under the data roots."""
+    out = [(n, bundled_root() / n) for n in bundled_names()]
+    for root in data_roots():
+        for q in sorted(root.iterdir()):
+            if q.is_dir() and not q.name.startswith("."):
+                out.append((q.name, q.resolve()))
+    return out

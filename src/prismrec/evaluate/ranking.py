@@ -1,0 +1,117 @@
+"""Full-ranking evaluation over all items, in bounded chunks of users.
+
+For each chunk of users the model scores every item, the user's training items (and optionally the
+validation items, at test time) are masked to ``-inf``, the top ``K_max`` items are taken with
+``torch.topk`` and compared with the ground truth. Memory is ``O(chunk x n_items)``: the whole
+users x items score matrix never exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ..data.split import Split
+from .metrics import METRICS, per_user_metrics, summarise
+
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+
+CHUNK_BYTES = 96 * 2**20
+
+
+@dataclass
+class EvalResult:
+    """Mean metrics, and (optionally) per-user metrics, top-K lists and segment reports."""
+
+    metrics: dict[str, float]
+    users: np.ndarray
+    per_user: dict[str, np.ndarray] = field(default_factory=dict)
+    topk: np.ndarray | None = None
+    segments: dict[str, dict[str, float]] = field(default_factory=dict)
+    segment_users: dict[str, int] = field(default_factory=dict)
+
+
+def rows_of(mat: sp.csr_matrix, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row position in ``users``, column) pairs of the non-zeros of ``mat[users]``, vectorised."""
+    starts, ends = mat.indptr[users], mat.indptr[users + 1]
+    lens = ends - starts
+    rows = np.repeat(np.arange(len(users)), lens)
+    offsets = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+    cols = mat.indices[np.repeat(starts, lens) + offsets]
+    return rows, cols
+
+
+def auto_chunk(n_items: int, requested: int = 0) -> int:
+    if requested > 0:
+        return requested
+    return int(max(64, min(2048, CHUNK_BYTES // max(4 * n_items, 1))))
+
+
+class RankingEvaluator:
+    """Evaluates one split stage (``valid`` or ``test``) of a :class:`Split` by full ranking."""
+
+    def __init__(self, split: Split, stage: str, ks: list[int], *, mask_valid: bool = False,
+                 filter_cold_users: bool = True, chunk_users: int = 0,
+                 metrics: tuple[str, ...] = METRICS, users: np.ndarray | None = None):
+        self.stage = stage
+        self.ks = sorted(set(ks))
+        self.metrics = metrics
+        self.n_items = split.n_items
+        self.truth = split.matrix(stage)
+        mask = split.train
+        if stage == "test" and mask_valid:
+            mask = (mask + split.valid).tocsr()
+            mask.data[:] = 1.0
+        self.mask = mask
+        self.users = split.eval_users(stage, filter_cold_users) if users is None else np.asarray(users)
+        self.chunk = auto_chunk(split.n_items, chunk_users)
+        self.n_truth = np.diff(self.truth.indptr)[self.users]
+
+    def evaluate(self, score_fn: ScoreFn, *, keep_per_user: bool = False, keep_topk: bool = False,
+                 item_groups: dict[str, np.ndarray] | None = None, device: torch.device | None = None
+                 ) -> EvalResult:
+        """Score every evaluated user against all items and compute the metrics.
+
+        ``item_groups`` (name -> boolean mask over items) adds segment reports: the metrics restricted
+        to the ground-truth items in each group (e.g. items never seen in training), over the users
+        that have such items.
+        """
+        kmax = min(max(self.ks), self.n_items)
+        device = device or torch.device("cpu")
+        all_hits = np.zeros((len(self.users), kmax), dtype=bool)
+        top = np.zeros((len(self.users), kmax), dtype=np.int64) if (keep_topk or item_groups) else None
+        with torch.no_grad():
+            for start in range(0, len(self.users), self.chunk):
+                users = self.users[start:start + self.chunk]
+                scores = score_fn(torch.as_tensor(users, dtype=torch.long, device=device)).float()
+                r, c = rows_of(self.mask, users)
+                if len(r):
+                    scores[torch.as_tensor(r, device=scores.device), torch.as_tensor(c, device=scores.device)] = -torch.inf
+                idx = torch.topk(scores, kmax, dim=1).indices
+                truth = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+                r, c = rows_of(self.truth, users)
+                truth[torch.as_tensor(r, device=scores.device), torch.as_tensor(c, device=scores.device)] = True
+                all_hits[start:start + len(users)] = torch.gather(truth, 1, idx).cpu().numpy()
+                if top is not None:
+                    top[start:start + len(users)] = idx.cpu().numpy()
+                del scores, truth
+        per_user = per_user_metrics(all_hits, self.n_truth, self.ks, self.metrics)
+        result = EvalResult(summarise(per_user), self.users, per_user if keep_per_user else {},
+                            top if keep_topk else None)
+        for name, mask in (item_groups or {}).items():
+            self._segment(result, name, np.asarray(mask, dtype=bool), all_hits, top)
+        return result
+
+    def _segment(self, result: EvalResult, name: str, item_mask: np.ndarray, hits: np.ndarray,
+                 top: np.ndarray) -> None:
+        r, c = rows_of(self.truth, self.users)
+        n_in_group = np.bincount(r[item_mask[c]], minlength=len(self.users))
+        keep = n_in_group > 0
+        seg_hits = hits & item_mask[top]
+        per_user = per_user_metrics(seg_hits[keep], n_in_group[keep], self.ks, self.metrics)
+        result.segments[name] = summarise(per_user)
+        result.segment_users[name] = int(keep.sum())

@@ -1,0 +1,196 @@
+"""Top-k nearest-neighbour item graphs from feature matrices, in O(items x k) memory.
+
+Every multimodal graph model (FREEDOM, LATTICE-style models, LIRDRec, AlignRec) builds an item-item
+graph by keeping, for each item, the ``k`` items with the highest cosine similarity of its
+features. A dense items x items similarity matrix (16 GB for 63k items, 4 TB for 1M) is never
+formed:
+
+* ``exact`` (default up to ``EXACT_LIMIT`` items): blocks of rows are multiplied with the whole
+  normalised matrix and reduced to their top-k at once (``torch`` backend), or FAISS's exact
+  inner-product index is searched (``faiss`` backend);
+* ``ivf``: FAISS inverted-file index (``sqrt(n)``-ish lists, ``nprobe`` probed), approximate,
+  for catalogues far beyond what exact search can do on a CPU.
+
+Ties (identical feature rows, e.g. mean-imputed images) are broken by the smaller item id, so the
+graph does not depend on the order in which a library returns equal scores.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .sparse import sym_normalize
+
+log = logging.getLogger("prismrec")
+
+EXACT_LIMIT = 200_000
+BLOCK_BYTES = 128 * 2**20
+
+
+@dataclass
+class KNNResult:
+    """``indices[i]`` are the ``k`` neighbours of item ``i`` (best first), ``scores[i]`` their similarities."""
+
+    indices: np.ndarray
+    scores: np.ndarray
+    backend: str
+
+    @property
+    def n(self) -> int:
+        return len(self.indices)
+
+    @property
+    def k(self) -> int:
+        return self.indices.shape[1]
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def _stable_topk(sims: torch.Tensor, col_offset_ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k per row with ties broken by smaller id: sort candidates by (-score, id)."""
+    kk = min(k + 8, sims.shape[1])  # a few spare candidates so ties at the boundary resolve by id
+    vals, idx = torch.topk(sims, kk, dim=1)
+    ids = col_offset_ids[idx]
+    # lexicographic sort: primary -score, secondary id (ids are < 2**31, scores rounded to float32)
+    order = torch.argsort(ids, dim=1, stable=True)
+    vals, ids = torch.gather(vals, 1, order), torch.gather(ids, 1, order)
+    order = torch.argsort(-vals, dim=1, stable=True)
+    return torch.gather(vals, 1, order)[:, :k], torch.gather(ids, 1, order)[:, :k]
+
+
+def _knn_torch(x: np.ndarray, k: int, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
+    n = len(x)
+    xt = torch.from_numpy(x)
+    rows = max(1, min(n, BLOCK_BYTES // max(4 * n, 1)))
+    ids = torch.arange(n)
+    out_i = np.empty((n, k), dtype=np.int64)
+    out_s = np.empty((n, k), dtype=np.float32)
+    with torch.no_grad():
+        for start in range(0, n, rows):
+            block = xt[start:start + rows] @ xt.T
+            if exclude_self:
+                r = torch.arange(block.shape[0])
+                block[r, r + start] = -torch.inf
+            s, i = _stable_topk(block, ids, k)
+            out_i[start:start + rows] = i.numpy()
+            out_s[start:start + rows] = s.numpy()
+    return out_i, out_s
+
+
+def _knn_faiss(x: np.ndarray, k: int, exclude_self: bool, kind: str, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        import faiss
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        from ..errors import PrismrecError
+
+        raise PrismrecError("the faiss backend needs FAISS: pip install faiss-cpu (or prismrec[faiss]).") from exc
+    n, d = x.shape
+    kk = k + (1 if exclude_self else 0)
+    if kind == "exact":
+        index = faiss.IndexFlatIP(d)
+    else:
+        nlist = int(max(16, min(65536, 4 * np.sqrt(n))))
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        train = x[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
+        index.train(train)
+        index.nprobe = nprobe
+    index.add(x)
+    sims = np.empty((n, kk), dtype=np.float32)
+    idx = np.empty((n, kk), dtype=np.int64)
+    step = 65536
+    for start in range(0, n, step):
+        s, i = index.search(x[start:start + step], kk)
+        sims[start:start + step], idx[start:start + step] = s, i
+    if exclude_self:
+        self_col = idx == np.arange(n)[:, None]
+        # drop the self match where found, else the last column
+        drop = np.where(self_col.any(axis=1), self_col.argmax(axis=1), kk - 1)
+        keep = np.ones_like(idx, dtype=bool)
+        keep[np.arange(n), drop] = False
+        idx = idx[keep].reshape(n, k)
+        sims = sims[keep].reshape(n, k)
+    # stable tie-break by id within each row
+    order = np.lexsort((idx, -sims), axis=1)
+    rows = np.arange(n)[:, None]
+    return idx[rows, order], sims[rows, order]
+
+
+def knn(features: np.ndarray, k: int, *, exclude_self: bool = False,
+        backend: Literal["auto", "torch", "faiss", "ivf"] = "auto", nprobe: int = 16) -> KNNResult:
+    """Cosine top-``k`` neighbours of every row of ``features``.
+
+    ``exclude_self=False`` keeps the item itself as a neighbour when it ranks in the top-k (MMRec's
+    FREEDOM and LIRDRec build graphs that way); ``backend`` picks exact torch blocks, exact FAISS,
+    or approximate FAISS IVF (``auto``: torch below ``EXACT_LIMIT`` items, IVF above).
+    """
+    x = l2_normalize(features)
+    n = len(x)
+    k = min(k, n - (1 if exclude_self else 0))
+    if backend == "auto":
+        backend = "torch" if n <= EXACT_LIMIT else "ivf"
+    if backend == "torch":
+        i, s = _knn_torch(x, k, exclude_self)
+    elif backend == "faiss":
+        i, s = _knn_faiss(x, k, exclude_self, "exact", nprobe)
+    elif backend == "ivf":
+        i, s = _knn_faiss(x, k, exclude_self, "ivf", nprobe)
+    else:
+        raise ValueError(f"unknown kNN backend {backend!r}")
+    return KNNResult(i, s, backend)
+
+
+def knn_matrix(res: KNNResult, *, weighted: bool = False, available: np.ndarray | None = None) -> sp.csr_matrix:
+    """The kNN result as a sparse n x n matrix: binary edges, or similarity-weighted ones.
+
+    Rows of items whose feature is missing (``available[i]`` False) are left empty and such items are
+    never anyone's neighbour, so a missing feature adds no edge instead of a spurious one.
+    """
+    n, k = res.indices.shape
+    rows = np.repeat(np.arange(n), k)
+    cols = res.indices.ravel()
+    vals = res.scores.ravel() if weighted else np.ones(n * k, dtype=np.float32)
+    keep = cols >= 0
+    if available is not None:
+        available = np.asarray(available, dtype=bool)
+        keep &= available[rows] & available[cols]
+    m = sp.csr_matrix((vals[keep].astype(np.float32), (rows[keep], cols[keep])), shape=(n, n))
+    m.sum_duplicates()
+    return m
+
+
+def knn_graph(features: np.ndarray, k: int, *, weighted: bool = False, norm: Literal["sym", "row", "none"] = "sym",
+              available: np.ndarray | None = None, backend: str = "auto", exclude_self: bool = False) -> sp.csr_matrix:
+    """Normalised kNN item graph: ``D^{-1/2} S D^{-1/2}`` (``sym``), ``D^{-1} S`` (``row``) or raw ``S``.
+
+    Missing-feature items are excluded (see :func:`knn_matrix`); their neighbours are searched only
+    among items that have the feature.
+    """
+    feats = np.asarray(features, dtype=np.float32)
+    if available is not None and not np.all(available):
+        avail = np.flatnonzero(available)
+        sub = knn(feats[avail], k, backend=backend, exclude_self=exclude_self)  # type: ignore[arg-type]
+        res = KNNResult(avail[sub.indices], sub.scores, sub.backend)
+        full_i = np.full((len(feats), res.k), -1, dtype=np.int64)
+        full_s = np.zeros((len(feats), res.k), dtype=np.float32)
+        full_i[avail], full_s[avail] = res.indices, res.scores
+        m = knn_matrix(KNNResult(full_i, full_s, res.backend), weighted=weighted)
+    else:
+        m = knn_matrix(knn(feats, k, backend=backend, exclude_self=exclude_self), weighted=weighted)  # type: ignore[arg-type]
+    if norm == "sym":
+        return sym_normalize(m)
+    if norm == "row":
+        deg = np.asarray(m.sum(axis=1)).ravel()
+        return (sp.diags(np.where(deg > 0, 1.0 / np.maximum(deg, 1e-12), 0.0).astype(np.float32)) @ m).tocsr()
+    return m

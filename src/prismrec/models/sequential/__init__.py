@@ -1,0 +1,1 @@
+"""Sequential recommenders (next item from an ordered history). Importing registers them."""

@@ -1,0 +1,293 @@
+"""Run directories: train a model into one, reload it, re-evaluate it, recommend from it, compare many.
+
+A run directory holds everything needed to reproduce and reuse a run::
+
+    config.yaml        the resolved configuration (data, train, model sections, seed, data source)
+    split.npz          the split (every interaction's label), checked against the data on reload
+    checkpoint.pt      last finished epoch: model, optimiser, scheduler, early-stopping state
+    model.pt           weights of the best validation epoch (state dict, weights_only loadable)
+    history.jsonl      one line per epoch: loss terms, validation metrics, seconds
+    metrics.json       model, best_epoch, valid, test, seed, epochs_run, train_seconds, ... (written last)
+    per_user_test.npz  per-user test metrics, for paired tests between runs
+
+The CLI and the Python API both call these functions; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__
+from .config import RunConfig, read_yaml, resolve_config
+from .data import Dataset, load_dataset
+from .data.split import Split, make_split
+from .data.training import TrainingData
+from .errors import PrismrecError
+from .evaluate.ranking import EvalResult, RankingEvaluator
+from .evaluate.segments import activity_buckets, item_groups
+from .evaluate.significance import PairedTest, paired_test
+from .models import MODELS, Recommender
+from .train.trainer import BEST, Trainer, TrainResult
+from .utils.io import load_torch, read_json, write_json, write_npz, write_text, write_yaml
+from .utils.runtime import peak_rss_mb, resolve_device, seed_everything, set_threads
+
+log = logging.getLogger("prismrec")
+
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.yaml"
+SPLIT_FILE = "split.npz"
+PER_USER_FILE = "per_user_test.npz"
+
+
+@dataclass
+class Run:
+    """A trained model with its data, split and configuration, ready to evaluate or recommend."""
+
+    run_dir: Path | None
+    config: RunConfig
+    dataset: Dataset
+    split: Split
+    model: Recommender
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def recommend(self, users: Sequence[Any], k: int = 10, *, exclude_seen: bool = True) -> pd.DataFrame:
+        """Top-``k`` items for raw user ids: a frame with user, rank, item, score and title."""
+        ds = self.dataset
+        internal = ds.users_to_internal(users)
+        self.model.eval()
+        with torch.no_grad():
+            self.model.prepare_scoring()
+            scores = self.model.score(torch.as_tensor(internal, device=self.model.device)).float().cpu()
+        if exclude_seen:
+            seen = self.split.train + self.split.valid + self.split.test
+            rows = seen[internal].tocoo()
+            scores[torch.as_tensor(rows.row, dtype=torch.long), torch.as_tensor(rows.col, dtype=torch.long)] = -torch.inf
+        k = min(k, ds.n_items)
+        top = torch.topk(scores, k, dim=1)
+        items = top.indices.numpy()
+        frame = pd.DataFrame({
+            "user": np.repeat(np.asarray([str(u) for u in users], dtype=object), k),
+            "rank": np.tile(np.arange(1, k + 1), len(users)),
+            "item": ds.item_ids[items.ravel()],
+            "score": top.values.numpy().ravel(),
+            "title": ds.item_titles(items.ravel()),
+        })
+        return frame[np.isfinite(frame["score"])].reset_index(drop=True)
+
+    def evaluate(self, stage: str = "test", *, keep_per_user: bool = True) -> EvalResult:
+        return evaluate_stage(self.model, self.split, self.config, stage, keep_per_user=keep_per_user)
+
+
+# ---------------------------------------------------------------------------------------------------
+def build_config(model: str, data: str | Path, *, config_files: Sequence[str | Path] = (),
+                 overrides: Sequence[str] = (), seed: int | None = None, epochs: int | None = None) -> RunConfig:
+    cls = MODELS.get(model)
+    files = [read_yaml(p) for p in config_files]
+    return resolve_config(MODELS.canonical(model), cls.Config, files, list(overrides), seed=seed,
+                          data_source=str(data), epochs=epochs, model_names=MODELS.names(),
+                          model_aliases=(model.lower(), *MODELS.aliases_of(model)))
+
+
+def build_model(cfg: RunConfig, ds: Dataset, split: Split) -> tuple[Recommender, TrainingData]:
+    cls = MODELS.get(cfg.model)
+    if len(ds.modalities) < cls.min_modalities:
+        raise PrismrecError(
+            f"model '{cfg.model}' needs at least {cls.min_modalities} item feature modality, and dataset "
+            f"'{ds.name}' has {len(ds.modalities)}. Fix: use a dataset with *_feat.npy features "
+            "(prismrec features can extract them) or a model such as lightgcn."
+        )
+    data = TrainingData.from_split(ds, split)
+    model = cls(cls.Config.build(cfg.params, where=cfg.model), data)
+    return model, data
+
+
+def evaluate_stage(model: Recommender, split: Split, cfg: RunConfig, stage: str, *,
+                   keep_per_user: bool = True, with_segments: bool = True) -> EvalResult:
+    ev = RankingEvaluator(split, stage, cfg.train.eval_ks, mask_valid=cfg.train.mask_valid_in_test,
+                          filter_cold_users=cfg.data.filter_cold_users, chunk_users=cfg.train.eval_batch_users)
+    model.eval()
+    with torch.no_grad():
+        model.prepare_scoring()
+        groups = item_groups(split.train) if with_segments else None
+        if groups is not None and not groups["cold_items"].any():
+            groups.pop("cold_items")
+        res = ev.evaluate(model.score, keep_per_user=keep_per_user or with_segments, item_groups=groups,
+                          device=model.device)
+    if with_segments:
+        res.segments["user_activity"] = activity_buckets(res.per_user, res.users, split.train)  # type: ignore[assignment]
+    return res
+
+
+def _check_run_dir(out: Path, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise PrismrecError(f"--out {out} is a file. Fix: give a directory path.")
+    if out.is_dir() and any(out.iterdir()) and not resume:
+        what = "a finished run" if (out / METRICS_FILE).is_file() else "files"
+        raise PrismrecError(
+            f"{out} already holds {what}; nothing is overwritten. Fix: pass --resume to continue or re-use "
+            "that run, or choose a new --out directory."
+        )
+
+
+def train_run(model: str, data: str | Path | Dataset, out: str | Path | None = None, *,
+              config_files: Sequence[str | Path] = (), overrides: Sequence[str] = (), seed: int | None = None,
+              epochs: int | None = None, resume: bool = False, progress: bool = False,
+              device: str | None = None) -> Run:
+    """Train ``model`` on ``data`` into the run directory ``out`` (None keeps everything in memory).
+
+    With ``resume=True`` an existing run directory continues from its last checkpoint (its saved
+    configuration and split are used; a finished run is simply reloaded).
+    """
+    out_path = Path(out) if out is not None else None
+    source = data.name if isinstance(data, Dataset) else str(data)
+    if out_path is not None:
+        _check_run_dir(out_path, resume)
+    if resume and out_path is not None and (out_path / CONFIG_FILE).is_file():
+        cfg = RunConfig.build(_load_config_dict(out_path), where="config.yaml")
+        if (out_path / METRICS_FILE).is_file():
+            log.info("%s is finished; reloading it", out_path)
+            return load_run(out_path)
+    else:
+        cfg = build_config(model, source, config_files=config_files, overrides=overrides, seed=seed, epochs=epochs)
+    if device:
+        cfg.train.device = device
+    set_threads(cfg.train.threads)
+    seed_everything(cfg.seed)
+
+    ds = data if isinstance(data, Dataset) else load_dataset(cfg.data_source, cfg.data)
+    if out_path is not None:
+        out_path.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, Dataset):
+        from .data.preprocess import preprocess
+
+        ds = preprocess(ds, cfg.data)
+    split_path = out_path / SPLIT_FILE if out_path else None
+    if resume and split_path is not None and split_path.is_file():
+        split = Split.load(split_path, ds)
+    else:
+        split = make_split(ds, cfg.data)
+        if split_path is not None:
+            split.save(split_path)
+    if out_path is not None:
+        write_yaml(out_path / CONFIG_FILE, _config_dict(cfg))
+
+    seed_everything(cfg.seed)
+    model_obj, tdata = build_model(cfg, ds, split)
+    dev = resolve_device(cfg.train.device)
+    trainer = Trainer(model_obj, tdata, split, cfg.train, cfg.seed, run_dir=out_path, device=dev,
+                      progress=progress, filter_cold_users=cfg.data.filter_cold_users)
+    result = trainer.fit(resume=resume)
+    metrics = _final_metrics(cfg, ds, split, model_obj, result, dev, out_path)
+    return Run(out_path, cfg, ds, split, model_obj, metrics)
+
+
+def _final_metrics(cfg: RunConfig, ds: Dataset, split: Split, model: Recommender, result: TrainResult,
+                   dev: torch.device, out: Path | None) -> dict[str, Any]:
+    valid = evaluate_stage(model, split, cfg, "valid", keep_per_user=False, with_segments=False)
+    test = evaluate_stage(model, split, cfg, "test")
+    n_params = sum(p.numel() for p in model.parameters())
+    metrics: dict[str, Any] = {
+        "model": cfg.model,
+        "dataset": ds.name,
+        "data_source": cfg.data_source,
+        "best_epoch": result.best_epoch,
+        "valid": valid.metrics,
+        "test": test.metrics,
+        "seed": cfg.seed,
+        "epochs_run": result.epochs_run,
+        "train_seconds": round(result.train_seconds, 3),
+        "epoch_seconds": round(result.mean_epoch_seconds, 4),
+        "eval_seconds": round(result.mean_eval_seconds, 4),
+        "stopped_early": result.stopped_early,
+        "valid_metric": cfg.train.valid_metric,
+        "test_users": int(len(test.users)),
+        "segments": {"test": {**{k: {"users": test.segment_users.get(k), **v} for k, v in test.segments.items()
+                                 if k != "user_activity"},
+                              "user_activity": test.segments.get("user_activity", {})}},
+        "split": {"rule": split.rule, **split.counts()},
+        "n_params": int(n_params),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "device": str(dev),
+        "versions": {"prismrec": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                     "python": platform.python_version()},
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **({"model_info": model.extra_info()} if model.extra_info() else {}),
+    }
+    ratios = [h["grad_ratio_id_over_feature"] for h in result.history if "grad_ratio_id_over_feature" in h]
+    if ratios:
+        metrics["grad_ratio_id_over_feature"] = {"first_epoch": ratios[0], "last_epoch": ratios[-1],
+                                                 "mean": float(np.mean(ratios))}
+    if out is not None:
+        write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in result.history))
+        write_npz(out / PER_USER_FILE, users=test.users, **{k: v for k, v in test.per_user.items()})
+        write_json(out / METRICS_FILE, metrics)
+    return metrics
+
+
+def _config_dict(cfg: RunConfig) -> dict[str, Any]:
+    d = cfg.to_yaml_dict()
+    d["params"] = d.pop(cfg.model)
+    return d
+
+
+def _load_config_dict(run_dir: Path) -> dict[str, Any]:
+    return read_yaml(run_dir / CONFIG_FILE)
+
+
+def _require_run(run_dir: Path) -> None:
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise PrismrecError(f"{run_dir} is not a prismrec run directory (no {CONFIG_FILE}). "
+                            "Fix: pass the --out directory of a `prismrec train` run.")
+    if not (run_dir / BEST).is_file():
+        raise PrismrecError(f"{run_dir} has no trained weights ({BEST}); the run never finished an evaluation. "
+                            f"Fix: prismrec train ... --out {run_dir} --resume")
+
+
+def load_run(run_dir: str | Path, *, device: str | None = None) -> Run:
+    """Rebuild a saved run: its data (from the recorded source), split, model and best weights."""
+    run_dir = Path(run_dir)
+    _require_run(run_dir)
+    cfg = RunConfig.build(_load_config_dict(run_dir), where=str(run_dir / CONFIG_FILE))
+    ds = load_dataset(cfg.data_source, cfg.data)
+    split = Split.load(run_dir / SPLIT_FILE, ds)
+    model, _ = build_model(cfg, ds, split)
+    dev = resolve_device(device or cfg.train.device)
+    model.load_state_dict(load_torch(run_dir / BEST, map_location=dev))
+    model.to(dev)
+    model.eval()
+    metrics = read_json(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).is_file() else {}
+    return Run(run_dir, cfg, ds, split, model, metrics)
+
+
+def evaluate_run(run_dir: str | Path, stage: str = "test") -> dict[str, float]:
+    """Re-score a saved run's best weights on its saved split; returns the mean metrics."""
+    run = load_run(run_dir)
+    return run.evaluate(stage, keep_per_user=False).metrics
+
+
+def compare_runs(run_a: str | Path, run_b: str | Path, metric: str = "ndcg@20") -> PairedTest:
+    """Paired test between two finished runs on the users both evaluated."""
+    za, zb = _per_user(Path(run_a)), _per_user(Path(run_b))
+    if metric not in za or metric not in zb:
+        known = sorted(k for k in za if k != "users")
+        raise PrismrecError(f"metric {metric!r} is not in the saved per-user results; known: {', '.join(known)}.")
+    return paired_test(za["users"], za[metric], zb["users"], zb[metric], metric)
+
+
+def _per_user(run_dir: Path) -> dict[str, np.ndarray]:
+    p = run_dir / PER_USER_FILE
+    if not p.is_file():
+        raise PrismrecError(f"{run_dir} has no {PER_USER_FILE}: it is not a finished run. "
+                            "Fix: pass the --out directory of a finished `prismrec train` run.")
+    with np.load(p) as z:
+        return {k: z[k] for k in z.files}
