@@ -1,0 +1,1 @@
+"""Item encoders: text, image, captions and price features from raw catalogues."""

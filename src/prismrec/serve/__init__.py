@@ -1,0 +1,1 @@
+"""The REST service: serving bundles behind FastAPI."""

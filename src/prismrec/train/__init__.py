@@ -1,0 +1,1 @@
+"""Training: batch sampling and the Trainer (early stopping on validation, checkpoints, resume)."""
