@@ -75,6 +75,11 @@ class DataConfig(StrictConfig):
     filter_cold_users: bool = Field(True, description="drop valid/test users with no training interaction")
     columns: dict[str, str] = Field(default_factory=dict, description="tabular column mapping")
     min_rating: float | None = Field(None, description="keep interactions with rating >= this")
+    extra_features: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra modalities: name -> .npz file (raw 'ids' + 'values' [+ 'available']) or .npy "
+                    "(row r = item r of the dataset as read)",
+    )
 
 
 class TrainConfig(StrictConfig):

@@ -16,10 +16,11 @@ __all__ = ["Dataset", "Modality", "Split", "DataConfig", "build_dataset", "load_
 
 def read_dataset(source: str | Path, cfg: DataConfig | None = None) -> Dataset:
     """Read a dataset (bundled name, data-root name or path) without cleaning it."""
+    from .features_io import attach_features
     from .readers import read_path
 
     cfg = cfg or DataConfig()
-    return read_path(resolve_source(source), cfg)
+    return attach_features(read_path(resolve_source(source), cfg), cfg.extra_features)
 
 
 def load_dataset(source: str | Path, cfg: DataConfig | None = None, **overrides) -> Dataset:

@@ -90,6 +90,10 @@ class Recommender(nn.Module):
             return b.device
         return torch.device("cpu")
 
+    def memory_hint(self) -> dict[str, int]:
+        """Bytes of the largest transient tensors of one training step (printed before training)."""
+        return {}
+
     def extra_info(self) -> dict[str, Any]:
         """Model-specific facts worth recording in metrics.json (e.g. chosen DCT mode)."""
         return {}

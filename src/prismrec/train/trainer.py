@@ -105,12 +105,31 @@ class Trainer:
         sq = [p.grad.pow(2).sum() for p in params if p.grad is not None]
         return float(torch.sqrt(torch.stack(sq).sum())) if sq else 0.0
 
+    def memory_estimate(self) -> dict[str, int]:
+        """Bytes of parameters, optimiser state, buffers (graphs, features), one evaluation chunk and the
+        model's own transient tensors; logged before training so a user sees what a run will need."""
+        params = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        buffers = 0
+        for b in self.model.buffers():
+            if b.layout == torch.sparse_csr:
+                buffers += b.values().numel() * (b.values().element_size() + b.col_indices().element_size())
+                buffers += b.crow_indices().numel() * b.crow_indices().element_size()
+            else:
+                buffers += b.numel() * b.element_size()
+        chunk = self.valid_eval.chunk * self.data.n_items * 5
+        est = {"parameters": params, "adam state": 2 * params, "graphs and features": buffers,
+               "evaluation chunk": chunk, **self.model.memory_hint()}
+        est["total"] = sum(est.values())
+        return est
+
     # ---------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
         """Train until ``epochs`` or early stopping; the model ends holding the best epoch's weights."""
         cfg, model = self.cfg, self.model
         model.to(self.device)
         t_start = time.perf_counter()
+        est = self.memory_estimate()
+        log.info("memory estimate: %s", ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in est.items()))
         state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "bad": 0, "history": [],
                  "best_valid": {}, "elapsed": 0.0, "stopped_early": False}
         best_state: dict[str, torch.Tensor] | None = None

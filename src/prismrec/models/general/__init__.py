@@ -1,3 +1,3 @@
 """General (non-sequential) top-K recommenders. Importing this package registers them."""
 
-from . import bpr, lightgcn, pop  # noqa: F401
+from . import alignrec, bm3, bpr, freedom, lightgcn, lirdrec, pop, vbpr  # noqa: F401

@@ -55,6 +55,10 @@ class LightGCN(Recommender):
         reg = self._reg(self.user_embedding[u], self.item_embedding[pos], self.item_embedding[neg])
         return {"loss": rank + self.config.reg_weight * reg, "bpr": rank, "reg": reg}
 
+    def memory_hint(self) -> dict[str, int]:
+        n = self.n_users + self.n_items
+        return {"propagation (forward + backward)": 3 * (self.config.n_layers + 1) * n * self.config.embedding_size * 4}
+
     @torch.no_grad()
     def prepare_scoring(self) -> None:
         self._cache = self.forward()

@@ -1,0 +1,1 @@
+"""Placeholder: alignrec is being implemented."""

@@ -1,0 +1,1 @@
+"""Placeholder: bm3 is being implemented."""

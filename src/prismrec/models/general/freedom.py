@@ -1,0 +1,1 @@
+"""Placeholder: freedom is being implemented."""

@@ -1,0 +1,1 @@
+"""Placeholder: lirdrec is being implemented."""

@@ -1,0 +1,1 @@
+"""Placeholder: vbpr is being implemented."""

@@ -1,0 +1,86 @@
+"""Building blocks shared by the multimodal models: feature tables with missing flags, projections.
+
+Item features reach a model as :class:`~prismrec.data.dataset.Modality` objects (values plus an
+``available`` mask). The rule every model follows: **a missing feature is never treated as a zero
+feature vector**. Projections replace the rows of unavailable items by a learned per-modality
+"missing" vector, and kNN graphs leave those items out (``graphs.knn.knn_graph(available=...)``).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.dataset import Modality
+
+
+class FeatureTable(nn.Module):
+    """Frozen features of one modality as buffers: ``values`` (items x dim) and ``available`` (items,).
+
+    Buffers are not saved in checkpoints (they are rebuilt from the data) and move with ``.to()``.
+    """
+
+    def __init__(self, modality: Modality, *, standardize: bool = False):
+        super().__init__()
+        values = modality.values.astype(np.float32)
+        if standardize:
+            avail = modality.available
+            mu = values[avail].mean(axis=0, keepdims=True) if avail.any() else 0.0
+            sd = values[avail].std(axis=0, keepdims=True) + 1e-6 if avail.any() else 1.0
+            values = np.where(avail[:, None], (values - mu) / sd, 0.0).astype(np.float32)
+        self.name = modality.name
+        self.register_buffer("values", torch.from_numpy(values), persistent=False)
+        self.register_buffer("available", torch.from_numpy(modality.available.copy()), persistent=False)
+
+    @property
+    def dim(self) -> int:
+        return int(self.values.shape[1])
+
+    @property
+    def n_missing(self) -> int:
+        return int((~self.available).sum())
+
+
+class MaskedProjection(nn.Module):
+    """Project a :class:`FeatureTable` to ``out_dim``; unavailable items get a learned missing vector.
+
+    ``hidden=None`` gives one linear layer (VBPR, FREEDOM, BM3); ``hidden=h`` gives
+    ``Linear -> LeakyReLU -> Linear`` (LIRDRec's modality MLPs).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, *, hidden: int | None = None, bias: bool = True,
+                 out_bias: bool = True, activation: nn.Module | None = None):
+        super().__init__()
+        if hidden is None:
+            self.net: nn.Module = nn.Linear(in_dim, out_dim, bias=bias)
+        else:
+            self.net = nn.Sequential(nn.Linear(in_dim, hidden, bias=bias), activation or nn.LeakyReLU(),
+                                     nn.Linear(hidden, out_dim, bias=out_bias))
+        self.missing = nn.Parameter(torch.zeros(out_dim))
+
+    def forward(self, x: torch.Tensor, available: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.net(x)
+        if available is not None and not bool(available.all()):
+            out = torch.where(available.unsqueeze(-1), out, self.missing.expand_as(out))
+        return out
+
+
+def feature_tables(modalities: dict[str, Modality], names: Iterable[str] | None = None,
+                   standardize: bool = False) -> nn.ModuleDict:
+    """One :class:`FeatureTable` per modality (all of them, or ``names``), in a stable order."""
+    keys = list(names) if names is not None else sorted(modalities)
+    return nn.ModuleDict({k: FeatureTable(modalities[k], standardize=standardize) for k in keys})
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE with in-batch negatives: row ``r`` of ``a`` should match row ``r`` of ``b``.
+
+    ``mean_r -log( exp(cos(a_r, b_r)/t) / sum_c exp(cos(a_r, b_c)/t) )``.
+    """
+    a = nn.functional.normalize(a, dim=-1)
+    b = nn.functional.normalize(b, dim=-1)
+    logits = a @ b.T / temperature
+    return nn.functional.cross_entropy(logits, torch.arange(len(a), device=a.device))
