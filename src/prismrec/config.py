@@ -234,6 +234,10 @@ def resolve_config(
         value = parse_value(raw.strip())
         if "." in key:
             section, field = key.split(".", 1)
+            subkey = None
+            if "." in field:  # a dict entry: data.columns.user=uid, data.extra_features.NAME=PATH
+                field, _ = field.split(".", 1)
+                subkey = item.split("=", 1)[0].strip().split(".", 2)[2]
             if section == "model" or section in own_names:
                 section = model
             if section in other_models:  # another model's setting (one --set list serves a compare)
@@ -248,7 +252,18 @@ def resolve_config(
                     f"Unknown key '{field}' in section '{section}' (override '{item}')."
                     f"{suggest(field, field_owner[section])}"
                 )
-            sections[section][field] = value
+            if subkey is not None:
+                current = sections[section].get(field)
+                if current is None:
+                    default = (model_config_cls if section == model else
+                               TrainConfig if section == "train" else DataConfig).model_fields[field].get_default(
+                                   call_default_factory=True)
+                    current = dict(default) if isinstance(default, dict) else None
+                if not isinstance(current, dict):
+                    raise ConfigError(f"'{section}.{field}' is not a mapping, so '{item}' cannot set an entry of it.")
+                sections[section][field] = {**current, subkey: value}
+            else:
+                sections[section][field] = value
         elif key in TOP_LEVEL:
             top[key] = value
         else:

@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..errors import ConfigError
 from .sparse import sym_normalize
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..data.dataset import Modality
 
 log = logging.getLogger("prismrec")
 
@@ -194,3 +198,42 @@ def knn_graph(features: np.ndarray, k: int, *, weighted: bool = False, norm: Lit
         deg = np.asarray(m.sum(axis=1)).ravel()
         return (sp.diags(np.where(deg > 0, 1.0 / np.maximum(deg, 1e-12), 0.0).astype(np.float32)) @ m).tocsr()
     return m
+
+
+def modality_weights(names: list[str], image_weight: float, rule: str = "image",
+                     explicit: dict[str, float] | None = None) -> dict[str, float]:
+    """Weights ``w_m`` of the per-modality item graphs (they sum to 1).
+
+    ``explicit`` (normalised to sum 1) overrides the rule; it must name every modality.
+
+    ``rule="image"``: a modality named ``image`` gets ``image_weight`` and the others share the rest
+    equally (two modalities image + text: MMRec's ``mm_image_weight``); with one modality, or none
+    named ``image``, every modality gets the same weight. ``rule="equal"``: always equal weights.
+    """
+    if explicit is not None:
+        if set(explicit) != set(names) or any(v < 0 for v in explicit.values()) or sum(explicit.values()) <= 0:
+            raise ConfigError(f"graph weights (mm_weights) must give a non-negative weight (not all zero) to each of the "
+                              f"modalities {names}, got {explicit}.")
+        total = sum(explicit.values())
+        return {n: explicit[n] / total for n in names}
+    if rule == "image" and "image" in names and len(names) > 1:
+        rest = (1.0 - image_weight) / (len(names) - 1)
+        return {n: image_weight if n == "image" else rest for n in names}
+    return {n: 1.0 / len(names) for n in names}
+
+
+def multimodal_knn_graph(modalities: dict[str, "Modality"], k: int, weights: dict[str, float]) -> sp.csr_matrix:
+    """``S = sum_m w_m S^m`` over per-modality normalised kNN graphs (FREEDOM Sec. 3.1, LIRDRec's ``A_mm``).
+
+    An item that lacks modality ``m`` has no row in ``S^m``; its row of ``S`` is divided by the weight of
+    the modalities it has, so every item with at least one feature keeps a row of total weight 1.
+    """
+    n = len(next(iter(modalities.values())).values)
+    total = sp.csr_matrix((n, n), dtype=np.float32)
+    have = np.zeros(n, dtype=np.float64)
+    for name, w in weights.items():
+        m = modalities[name]
+        total = total + w * knn_graph(m.values, k, norm="sym", available=m.available)
+        have += w * m.available
+    scale = np.divide(1.0, have, out=np.zeros_like(have), where=have > 0).astype(np.float32)
+    return (sp.diags(scale) @ total).tocsr()

@@ -21,9 +21,11 @@ class FeatureTable(nn.Module):
     """Frozen features of one modality as buffers: ``values`` (items x dim) and ``available`` (items,).
 
     Buffers are not saved in checkpoints (they are rebuilt from the data) and move with ``.to()``.
+    ``trainable=True`` makes ``values`` a parameter initialised with the features (MMRec's
+    ``nn.Embedding.from_pretrained(feat, freeze=False)``), saved in checkpoints.
     """
 
-    def __init__(self, modality: Modality, *, standardize: bool = False):
+    def __init__(self, modality: Modality, *, standardize: bool = False, trainable: bool = False):
         super().__init__()
         values = modality.values.astype(np.float32)
         if standardize:
@@ -34,6 +36,8 @@ class FeatureTable(nn.Module):
         self.name = modality.name
         self.register_buffer("values", torch.from_numpy(values), persistent=False)
         self.register_buffer("available", torch.from_numpy(modality.available.copy()), persistent=False)
+        if trainable:
+            self.values = nn.Parameter(self._buffers.pop("values"))
 
     @property
     def dim(self) -> int:
@@ -66,6 +70,40 @@ class MaskedProjection(nn.Module):
         if available is not None and not bool(available.all()):
             out = torch.where(available.unsqueeze(-1), out, self.missing.expand_as(out))
         return out
+
+
+class ModalityProjections(nn.Module):
+    """One feature table and one :class:`MaskedProjection` to ``out_dim`` per modality (sorted by name).
+
+    ``finetune=True`` makes the feature tables parameters (FREEDOM, BM3); otherwise they are fixed
+    buffers (VBPR). ``self(name, items)`` projects the rows ``items`` (all rows when None).
+    """
+
+    def __init__(self, modalities: dict[str, Modality], out_dim: int, *, finetune: bool = False,
+                 bias: bool = True):
+        super().__init__()
+        self.names = sorted(modalities)
+        self.tables = nn.ModuleDict({n: FeatureTable(modalities[n], trainable=finetune) for n in self.names})
+        self.proj = nn.ModuleDict({n: MaskedProjection(self.tables[n].dim, out_dim, bias=bias)
+                                   for n in self.names})
+
+    def forward(self, name: str, items: torch.Tensor | None = None) -> torch.Tensor:
+        t = self.tables[name]
+        if items is None:
+            return self.proj[name](t.values, t.available)
+        return self.proj[name](t.values[items], t.available[items])
+
+    def linears(self) -> list[nn.Linear]:
+        """The projection layers, for model-specific initialisation."""
+        return [self.proj[n].net for n in self.names]  # type: ignore[misc]
+
+    def projection_parameters(self) -> list[nn.Parameter]:
+        """Weights, biases and missing vectors of the projections (not the feature tables)."""
+        return list(self.proj.parameters())
+
+    def in_dim(self) -> int:
+        """Size of the concatenated features (all modalities)."""
+        return sum(self.tables[n].dim for n in self.names)
 
 
 def feature_tables(modalities: dict[str, Modality], names: Iterable[str] | None = None,

@@ -1,1 +1,292 @@
-"""Placeholder: lirdrec is being implemented."""
+"""LIRDRec: item representations learned directly from multimodal features, with no item ID embeddings.
+
+Zhou, Zhang, Niyato, Shen, "Learning Item Representations Directly from Multimodal Features for
+Effective Recommendation", arXiv 2505.04960 (2025); official code enoche/LIRDRec, src/models/lirdrec.py.
+
+Channels: one per modality (sorted by name; a caption modality is just one more) plus a shared one.
+
+* Multimodal feature transformation: item input of modality channel m is the MLP
+  ``X̂_m = φ(X_m W_m1 + b_m1) W_m2`` (φ = LeakyReLU); the shared channel applies such an MLP to the
+  concatenated DCT-II spectra of all modalities (``dct_mode``: per item over features as the code,
+  the paper's 2-D DCT over items x features, or none).
+* Users have one free preference table per channel. Layer 0 is the row-L2-normalised ``[P_c; X̂_c]``
+  of each channel; LightGCN propagation on the user-item graph with the layers **summed**.
+* Items: residual item-item step ``H_i + A_mm H_i``, ``A_mm`` a weighted sum of per-modality top-k
+  cosine graphs. Users: progressive weight copying (PWC) weighs the channels per user.
+* Score ``<u, i>`` over the concatenated channels; loss BPR + ``λ (mean(U²) + mean(I²))`` over all
+  final user and item representations (the code's regulariser).
+
+``id_hybrid`` adds learned item ID embeddings to the item inputs (the paper's "ID + features"
+baseline) so the gradient-bias argument can be measured with the trainer's id/feature gradient ratio.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+import scipy.fft
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from ...data.dataset import Modality
+from ...data.training import TrainingData
+from ...errors import ConfigError
+from ...graphs import SparseOperator, normalized_bipartite, propagate
+from ...registry import suggest
+from ..base import MODELS, Batch, ModelConfig, Recommender, bpr_loss
+from ..layers import MaskedProjection, feature_tables
+from ...graphs.knn import modality_weights, multimodal_knn_graph
+
+SHARED = "shared"
+
+
+def dct_spectrum(modality: Modality, mode: str) -> np.ndarray:
+    """Input of the shared branch for one modality: its orthonormal DCT-II.
+
+    ``"1d"``: per item over the feature axis (the official code's ``torch_dct.dct(x, norm='ortho')``);
+    ``"2d"``: over items and features (the paper's 2-D DCT). Row ``μ`` of the 2-D spectrum is the
+    ``μ``-th frequency along the item axis, so it depends on the item order; missing rows are filled
+    with the mean of the available rows first (a zero row would leak into every frequency).
+    ``"none"``: the raw features.
+    """
+    x = modality.values.astype(np.float32)
+    if mode == "none":
+        return x
+    if mode == "1d":
+        return scipy.fft.dct(x, type=2, norm="ortho", axis=1).astype(np.float32)
+    avail = modality.available
+    if avail.any() and not avail.all():
+        x = x.copy()
+        x[~avail] = x[avail].mean(axis=0)
+    return scipy.fft.dctn(x, type=2, norm="ortho", axes=(0, 1)).astype(np.float32)
+
+
+def xavier_blocks(rows: int, n_blocks: int, dim: int) -> torch.Tensor:
+    """``n_blocks`` Xavier-normal ``rows x dim`` tables side by side (the code's per-channel init)."""
+    return torch.cat([nn.init.xavier_normal_(torch.empty(rows, dim)) for _ in range(n_blocks)], dim=1)
+
+
+class ProgressiveWeightCopying(nn.Module):
+    """PWC fusion (the code's ``PWC``): per-user channel weights
+    ``a_u = softmax(w1 · [f_c(u_c)]_c + w2 · θ_u)``, ``f_c`` a small MLP per channel.
+
+    Before epoch ``e``: ``w1 ← w1 b^e / (w1 b^e + w2)``, ``w2 ← w2 / (w1 b^e + w2)`` (``b`` =
+    ``decay_base``), then θ is overwritten by the attention of the last training batch (``last_att``).
+    θ is a parameter (Adam also updates it inside an epoch); ``last_att`` and the current
+    ``(w1, w2)`` are persistent buffers, so a checkpoint resumes exactly.
+    """
+
+    def __init__(self, n_users: int, n_channels: int, dim: int, hidden: int, decay_weight: float,
+                 decay_base: float):
+        super().__init__()
+        self.scorers = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, hidden), nn.LeakyReLU(), nn.Linear(hidden, 1)) for _ in range(n_channels)
+        )
+        self.theta = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_users, n_channels)))
+        self.register_buffer("last_att", self.theta.detach().clone())
+        self.register_buffer("mix", torch.tensor([decay_weight, 1.0 - decay_weight]))
+        self.decay_weight, self.decay_base = decay_weight, decay_base
+
+    def mix_at(self, epoch: int) -> tuple[float, float]:
+        """``(w1, w2)`` after the updates of epochs ``1..epoch``, in double precision as the code."""
+        w1, w2 = self.decay_weight, 1.0 - self.decay_weight
+        for e in range(1, epoch + 1):
+            a = w1 * math.pow(self.decay_base, e)
+            w1, w2 = a / (a + w2), w2 / (a + w2)
+        return w1, w2
+
+    @torch.no_grad()
+    def start_epoch(self, epoch: int) -> None:
+        """The code's ``update_w``: decay the mixing weights, copy the last attention into θ."""
+        self.mix.copy_(torch.tensor(self.mix_at(epoch)))
+        self.theta.copy_(self.last_att)
+
+    def forward(self, users: torch.Tensor) -> torch.Tensor:
+        """Channel weights ``(U, C)`` from the propagated user channels ``(U, C, d)``."""
+        logits = torch.cat([f(users[:, c]) for c, f in enumerate(self.scorers)], dim=1)
+        return torch.softmax(self.mix[0] * logits + self.mix[1] * self.theta, dim=1)
+
+
+@MODELS.register("lirdrec")
+class LIRDRec(Recommender):
+    """ID-free items from multimodal MLPs + DCT shared branch, LightGCN (layer sum), PWC fusion."""
+
+    min_modalities = 1
+
+    class Config(ModelConfig):
+        embedding_size: int = Field(64, ge=1, description="d: width of each channel (final vectors: channels x d)")
+        hidden_size: int | None = Field(None, ge=1, description="hidden width of the item MLPs; None = 4 x d (code)")
+        n_ui_layers: int = Field(2, ge=0, description="LightGCN layers on the user-item graph (grid [2, 3, 4])")
+        n_mm_layers: int = Field(1, ge=0, description="item-item layers in the residual step H + A_mm H")
+        knn_k: int = Field(10, ge=1, description="neighbours per item in each modality's kNN graph")
+        mm_image_weight: float = Field(
+            0.1, ge=0, le=1, description="weight of the 'image' kNN graph (grid [0.1, 0.2]); the other "
+                                         "modalities share the rest equally"
+        )
+        mm_weights: dict[str, float] | None = Field(
+            None, description="explicit kNN-graph weight per modality (normalised); overrides mm_image_weight"
+        )
+        reg_weight: float = Field(1e-2, ge=0, description="λ of mean(U²) + mean(I²) (grid [1e-2, 1e-3, 1e-4])")
+        decay_weight: float = Field(0.9, gt=0, lt=1, description="PWC's initial w1 (grid [0.9, 0.95, 0.99])")
+        decay_base: float = Field(0.9, gt=0, le=1, description="PWC's decay base b: w1 shrinks by b^epoch")
+        pwc_hidden: int | None = Field(None, ge=1, description="hidden width of PWC's channel MLPs; None = d // 4")
+        dct_mode: Literal["1d", "2d", "none"] = Field(
+            "1d", description="shared-branch DCT: '1d' per item (code), '2d' items x features (paper), 'none'"
+        )
+        modalities: list[str] | None = Field(None, description="modalities used as channels; None = all")
+        id_hybrid: bool = Field(False, description="add learned item ID embeddings (ablation of the ID-free design)")
+        legacy_stale_eval: bool = Field(
+            False, description="score with the last training forward of the epoch (official code) instead of "
+                               "recomputing"
+        )
+
+    def __init__(self, config: Config, data: TrainingData):
+        super().__init__(config, data)
+        mods = {n: data.modalities[n] for n in self._modality_names(config, data)}
+        d = config.embedding_size
+        hidden = config.hidden_size or 4 * d
+        self.channels = [*mods, SHARED]
+        n_ch = len(self.channels)
+
+        self.features = feature_tables(mods)
+        self.projections = nn.ModuleDict(
+            {n: MaskedProjection(t.dim, d, hidden=hidden, out_bias=False) for n, t in self.features.items()}
+        )
+        for proj in self.projections.values():  # a zero missing vector would sit at F.normalize's kink
+            nn.init.normal_(proj.missing, std=d ** -0.5)
+        spectra = np.concatenate([dct_spectrum(m, config.dct_mode) for m in mods.values()], axis=1)
+        self.register_buffer("shared_input", torch.from_numpy(spectra), persistent=False)
+        blocks = np.stack([~m.available for m in mods.values()], axis=1)
+        if config.dct_mode == "2d":  # rows of the 2-D spectrum are frequencies, not items
+            blocks[:] = False
+        self.register_buffer("shared_missing_blocks", torch.from_numpy(blocks.astype(np.float32)), persistent=False)
+        self.shared = nn.Sequential(nn.Linear(spectra.shape[1], hidden), nn.LeakyReLU(),
+                                    nn.Linear(hidden, d, bias=False))
+        self.shared_missing = nn.Parameter(torch.zeros(len(mods), hidden))
+
+        self.user_preference = nn.Parameter(xavier_blocks(self.n_users, n_ch, d))
+        self.item_id_embedding = nn.Parameter(xavier_blocks(self.n_items, n_ch, d)) if config.id_hybrid else None
+        self.pwc = ProgressiveWeightCopying(self.n_users, n_ch, d, config.pwc_hidden or max(d // 4, 1),
+                                            config.decay_weight, config.decay_base)
+
+        self.adj = SparseOperator(normalized_bipartite(data.train), symmetric=True)
+        self.mm_weights = modality_weights(list(mods), config.mm_image_weight, "image", config.mm_weights)
+        # A_mm = sum_m w_m A_m: binary top-k cosine graphs (self included), D^-1/2 S D^-1/2 (each edge 1/k),
+        # rows of items missing a modality renormalised over the modalities they have (FREEDOM's helper)
+        self.item_adj = SparseOperator(multimodal_knn_graph(mods, config.knn_k, self.mm_weights))
+        if config.legacy_stale_eval:
+            self.register_buffer("stale", torch.zeros(self.n_users + self.n_items, n_ch * d))
+            self.register_buffer("stale_ready", torch.tensor(False))
+        self.n_cold_items = int((np.diff(data.train.tocsc().indptr) == 0).sum())
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @staticmethod
+    def _modality_names(config: Config, data: TrainingData) -> list[str]:
+        names = sorted(data.modalities) if config.modalities is None else sorted(set(config.modalities))
+        for n in names:
+            if n not in data.modalities:
+                raise ConfigError(
+                    f"lirdrec.modalities names '{n}', which dataset '{data.name}' does not have."
+                    f"{suggest(n, set(data.modalities))} Available: {', '.join(sorted(data.modalities))}."
+                )
+        if not names:
+            raise ConfigError("lirdrec.modalities is empty. Fix: name at least one modality, or leave it unset.")
+        return names
+
+    # forward ---------------------------------------------------------------------------------------
+    def item_inputs(self) -> torch.Tensor:
+        """Layer-0 item inputs ``(I, C, d)``: modality MLPs and the shared MLP on the DCT spectra (MFT).
+
+        In the shared branch a missing modality's block adds a learned hidden vector instead of the
+        block's (zero) features. With ``id_hybrid`` each channel also gets the item's ID embedding.
+        """
+        out = [self.projections[n](t.values, t.available) for n, t in self.features.items()]
+        lin, act, last = self.shared
+        hidden = lin(self.shared_input) + self.shared_missing_blocks @ self.shared_missing
+        out.append(last(act(hidden)))
+        x = torch.stack(out, dim=1)
+        if self.item_id_embedding is not None:
+            x = x + self.item_id_embedding.view(self.n_items, len(self.channels), -1)
+        return x
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Final (users ``(U, C·d)``, items ``(I, C·d)``, PWC weights ``(U, C)``); see the module docstring."""
+        n_u, n_ch, d = self.n_users, len(self.channels), self.config.embedding_size
+        x = torch.cat([self.user_preference.view(n_u, n_ch, d), self.item_inputs()], dim=0)
+        x = F.normalize(x, dim=-1).reshape(-1, n_ch * d)
+        h = propagate(self.adj, x, self.config.n_ui_layers, combine="sum")
+        users, items = h[:n_u].view(n_u, n_ch, d), h[n_u:]
+        hop = items
+        for _ in range(self.config.n_mm_layers):
+            hop = self.item_adj(hop)
+        items = items + hop
+        att = self.pwc(users)
+        return (users * att.unsqueeze(-1)).reshape(n_u, n_ch * d), items, att
+
+    # training --------------------------------------------------------------------------------------
+    def on_epoch_start(self, epoch: int) -> None:
+        """PWC's per-epoch update (the code's ``pre_epoch_processing``)."""
+        self._cache = None
+        self.pwc.start_epoch(epoch)
+
+    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """BPR on the batch + ``reg_weight · (mean(U²) + mean(I²))`` over all users and items (code)."""
+        self._cache = None
+        users, items, att = self.forward()
+        self.pwc.last_att.copy_(att.detach())
+        if self.config.legacy_stale_eval:
+            self.stale.copy_(torch.cat([users, items]).detach())
+            self.stale_ready.fill_(True)
+        u, pos, neg = batch["users"], batch["pos_items"], batch["neg_items"]
+        ue = users[u]
+        rank = bpr_loss((ue * items[pos]).sum(-1), (ue * items[neg]).sum(-1))
+        reg = users.pow(2).mean() + items.pow(2).mean()
+        return {"loss": rank + self.config.reg_weight * reg, "bpr": rank, "reg": reg}
+
+    def diagnostic_groups(self) -> dict[str, list[nn.Parameter]]:
+        """With ``id_hybrid``: the item ID table vs the item MLPs (modality and shared branches)."""
+        if self.item_id_embedding is None:
+            return {}
+        feature = [*self.projections.parameters(), *self.shared.parameters(), self.shared_missing]
+        return {"id": [self.item_id_embedding], "feature": feature}
+
+    # scoring ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def prepare_scoring(self) -> None:
+        """Recompute the final embeddings, or (``legacy_stale_eval``) reuse the last training forward."""
+        if self.config.legacy_stale_eval and bool(self.stale_ready):
+            self._cache = (self.stale[: self.n_users], self.stale[self.n_users:])
+        else:
+            users, items, _ = self.forward()
+            self._cache = (users, items)
+
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        if self._cache is None:
+            self.prepare_scoring()
+        u, i = self._cache
+        return u[users] @ i.T
+
+    def memory_hint(self) -> dict[str, int]:
+        width = len(self.channels) * self.config.embedding_size
+        hidden = self.config.hidden_size or 4 * self.config.embedding_size
+        return {
+            "propagation (forward + backward)": 3 * (self.config.n_ui_layers + 1) * (self.n_users + self.n_items)
+                                                * width * 4,
+            "item MLP activations": 2 * len(self.channels) * self.n_items * hidden * 4,
+        }
+
+    def extra_info(self) -> dict[str, Any]:
+        mean_att = self.pwc.last_att.mean(dim=0).tolist()
+        return {
+            "channels": self.channels,
+            "dct_mode": self.config.dct_mode,
+            "graph_weights": self.mm_weights,
+            "pwc_w1_w2": [float(w) for w in self.pwc.mix],
+            "pwc_mean_channel_weight": dict(zip(self.channels, mean_att)),
+            "items_without_training_interactions": self.n_cold_items,
+            "id_hybrid": self.config.id_hybrid,
+        }

@@ -1,0 +1,71 @@
+"""Speed and memory of one model on one dataset: data load, seconds per epoch, per evaluation, peak RSS.
+
+Usage (from the repository root, on an otherwise idle machine)::
+
+    PRISMREC_DATA=../shared/data python benchmarks/speed.py --model bpr --data baby --epochs 10
+    python benchmarks/speed.py --model lightgcn --data baby --epochs 5 --set n_layers=3
+
+Every epoch is followed by one full validation evaluation (as in a real run); the first epoch is
+reported separately (warm-up). Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    t0 = time.perf_counter()
+    import torch
+
+    from prismrec.runs import build_config, build_model
+    from prismrec.data import load_dataset, make_split
+    from prismrec.train.trainer import Trainer
+    from prismrec.utils.runtime import peak_rss_mb, seed_everything, set_threads
+
+    t_import = time.perf_counter() - t0
+    cfg = build_config(args.model, args.data, overrides=[*args.sets, "train.patience=100000"], epochs=args.epochs)
+    set_threads(args.threads)
+    seed_everything(cfg.seed)
+    t1 = time.perf_counter()
+    ds = load_dataset(cfg.data_source, cfg.data)
+    split = make_split(ds, cfg.data)
+    t_data = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    model, tdata = build_model(cfg, ds, split)
+    t_build = time.perf_counter() - t2
+    trainer = Trainer(model, tdata, split, cfg.train, cfg.seed)
+    t3 = time.perf_counter()
+    res = trainer.fit()
+    t_fit = time.perf_counter() - t3
+    hist = res.history
+    train_s = [h["train_s"] for h in hist]
+    eval_s = [h["eval_s"] for h in hist if h["eval_s"] is not None]
+    out = {
+        "model": args.model, "data": args.data, "threads": torch.get_num_threads(),
+        "import_s": round(t_import, 2), "data_load_and_split_s": round(t_data, 2), "model_build_s": round(t_build, 2),
+        "epochs": len(hist), "first_epoch_s": round(train_s[0], 3),
+        "epoch_s_median": round(float(np.median(train_s[1:] or train_s)), 3),
+        "eval_s_median": round(float(np.median(eval_s[1:] or eval_s)), 3),
+        "fit_s": round(t_fit, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
+        "valid_recall@20_last": round(hist[-1]["valid"]["recall@20"], 4),
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
