@@ -103,7 +103,7 @@ def _knn_faiss(x: np.ndarray, k: int, exclude_self: bool, kind: str, nprobe: int
     if kind == "exact":
         index = faiss.IndexFlatIP(d)
     else:
-        nlist = int(max(16, min(65536, 4 * np.sqrt(n))))
+        nlist = int(max(1, min(65536, 4 * np.sqrt(n), n // 39)))  # FAISS wants >= 39 points per list
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
