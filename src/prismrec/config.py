@@ -69,6 +69,9 @@ class DataConfig(StrictConfig):
     split: SplitRule | None = Field(
         None, description="split rule; None uses the split given in the data, else 'mmrec'"
     )
+    default_split: SplitRule = Field(
+        "mmrec", description="rule used when data.split is unset and the data has no split of its own"
+    )
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     split_seed: int = Field(2024, description="seed of random split rules (kept fixed across model seeds)")
     cold_item_ratio: float = Field(0.2, gt=0, lt=1, description="share of items held out by 'cold_items'")
@@ -100,6 +103,7 @@ class TrainConfig(StrictConfig):
     mask_valid_in_test: bool = Field(
         False, description="also mask validation items when scoring test (MMRec leaves them as candidates)"
     )
+    mask_history: bool = Field(True, description="mask the user's known items (train, + valid at test if set)")
     num_negatives: int = Field(1, ge=1)
     grad_clip: float = Field(0.0, ge=0, description="clip the gradient norm (0 = off)")
     device: str = "auto"
@@ -194,15 +198,19 @@ def resolve_config(
     epochs: int | None = None,
     model_names: list[str] | None = None,
     model_aliases: tuple[str, ...] = (),
+    defaults: dict[str, dict[str, Any]] | None = None,
 ) -> RunConfig:
     """Merge defaults, config files (in order) and ``KEY=VALUE`` overrides into a :class:`RunConfig`.
 
     ``model_names`` lists every registered model, so a file may carry other models' sections;
-    ``model_aliases`` are other names of this model, accepted as its section name.
+    ``model_aliases`` are other names of this model, accepted as its section name; ``defaults``
+    (``{"train": {...}, "data": {...}}``) are the model family's own defaults, applied before the files
+    (e.g. sequential models evaluate on leave-one-out with NDCG@10).
     """
     model = model.lower()
     own_names = {model, *(a.lower() for a in model_aliases)}
-    sections: dict[str, dict[str, Any]] = {"data": {}, "train": {}, model: {}}
+    sections: dict[str, dict[str, Any]] = {"data": dict((defaults or {}).get("data", {})),
+                                           "train": dict((defaults or {}).get("train", {})), model: {}}
     top: dict[str, Any] = {}
     other_models = set(model_names or []) - {model}
     for content in files or []:

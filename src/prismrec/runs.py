@@ -30,6 +30,7 @@ import torch
 from . import __version__
 from .config import RunConfig, read_yaml, resolve_config
 from .data import Dataset, load_dataset
+from .data.catalog import canonical_source
 from .data.split import Split, make_split
 from .data.training import TrainingData
 from .errors import PrismrecError
@@ -66,6 +67,7 @@ class Run:
         internal = ds.users_to_internal(users)
         self.model.eval()
         with torch.no_grad():
+            self.model.use_history("all", self.split)
             self.model.prepare_scoring()
             scores = self.model.score(torch.as_tensor(internal, device=self.model.device)).float().cpu()
         if exclude_seen:
@@ -89,13 +91,15 @@ class Run:
 
 
 # ---------------------------------------------------------------------------------------------------
-def build_config(model: str, data: str | Path, *, config_files: Sequence[str | Path] = (),
+def build_config(model: str, data: str | Path | Dataset, *, config_files: Sequence[str | Path] = (),
                  overrides: Sequence[str] = (), seed: int | None = None, epochs: int | None = None) -> RunConfig:
     cls = MODELS.get(model)
     files = [read_yaml(p) for p in config_files]
+    if not isinstance(data, Dataset):
+        data = canonical_source(data)
     return resolve_config(MODELS.canonical(model), cls.Config, files, list(overrides), seed=seed,
-                          data_source=str(data), epochs=epochs, model_names=MODELS.names(),
-                          model_aliases=(model.lower(), *MODELS.aliases_of(model)))
+                          data_source=data.name if isinstance(data, Dataset) else str(data), epochs=epochs, model_names=MODELS.names(),
+                          model_aliases=(model.lower(), *MODELS.aliases_of(model)), defaults=cls.defaults)
 
 
 def build_model(cfg: RunConfig, ds: Dataset, split: Split) -> tuple[Recommender, TrainingData]:
@@ -114,9 +118,11 @@ def build_model(cfg: RunConfig, ds: Dataset, split: Split) -> tuple[Recommender,
 def evaluate_stage(model: Recommender, split: Split, cfg: RunConfig, stage: str, *,
                    keep_per_user: bool = True, with_segments: bool = True) -> EvalResult:
     ev = RankingEvaluator(split, stage, cfg.train.eval_ks, mask_valid=cfg.train.mask_valid_in_test,
-                          filter_cold_users=cfg.data.filter_cold_users, chunk_users=cfg.train.eval_batch_users)
+                          mask_history=cfg.train.mask_history, filter_cold_users=cfg.data.filter_cold_users,
+                          chunk_users=cfg.train.eval_batch_users)
     model.eval()
     with torch.no_grad():
+        model.use_history(stage, split)
         model.prepare_scoring()
         groups = item_groups(split.train) if with_segments else None
         if groups is not None and not groups["cold_items"].any():
@@ -158,7 +164,7 @@ def train_run(model: str, data: str | Path | Dataset, out: str | Path | None = N
             log.info("%s is finished; reloading it", out_path)
             return load_run(out_path)
     else:
-        cfg = build_config(model, source, config_files=config_files, overrides=overrides, seed=seed, epochs=epochs)
+        cfg = build_config(model, data, config_files=config_files, overrides=overrides, seed=seed, epochs=epochs)
     if device:
         cfg.train.device = device
     set_threads(cfg.train.threads)

@@ -63,3 +63,16 @@ def list_known() -> list[tuple[str, Path]]:
             if q.is_dir() and not q.name.startswith("."):
                 out.append((q.name, q.resolve()))
     return out
+
+
+def canonical_source(source: str | os.PathLike) -> str:
+    """What a run records as its data source: a bundled name stays a name, anything else becomes the
+    resolved absolute path, so the run reloads without the data roots that found it."""
+    text = str(source)
+    try:
+        path = resolve_source(text)
+    except DataError:
+        return text  # not found yet: loading reports it with the full message
+    if text in bundled_names() and path == bundled_root() / text:
+        return text
+    return str(path)

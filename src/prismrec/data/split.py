@@ -119,7 +119,7 @@ class Split:
 
         ``items[indptr[u]:indptr[u+1]]`` is user ``u``'s chronological sequence.
         """
-        mask = np.isin(self.labels, [STAGES[s] for s in stages])
+        mask = np.isin(self.labels, [STAGES[s] for s in stages]) if stages != ("all",) else np.ones(len(self.labels), bool)
         order = np.lexsort((self.seq_key[mask], self.users[mask]))
         users = self.users[mask][order]
         indptr = np.zeros(self.n_users + 1, dtype=np.int64)
@@ -281,8 +281,8 @@ def split_cold_items(ds: Dataset, cfg: DataConfig) -> np.ndarray:
 
 
 def make_split(ds: Dataset, cfg: DataConfig) -> Split:
-    """Apply the configured rule (``given`` when the data has labels and no rule is set, else ``mmrec``)."""
-    rule = cfg.split or ("given" if ds.has_given_split else "mmrec")
+    """Apply the configured rule (unset: ``given`` when the data has labels, else ``data.default_split``)."""
+    rule = cfg.split or ("given" if ds.has_given_split else cfg.default_split)
     labels = SPLIT_RULES.get(rule)(ds, cfg)
     split = Split(
         rule=SPLIT_RULES.canonical(rule), n_users=ds.n_users, n_items=ds.n_items,

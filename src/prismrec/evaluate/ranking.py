@@ -55,7 +55,7 @@ class RankingEvaluator:
     """Evaluates one split stage (``valid`` or ``test``) of a :class:`Split` by full ranking."""
 
     def __init__(self, split: Split, stage: str, ks: list[int], *, mask_valid: bool = False,
-                 filter_cold_users: bool = True, chunk_users: int = 0,
+                 mask_history: bool = True, filter_cold_users: bool = True, chunk_users: int = 0,
                  metrics: tuple[str, ...] = METRICS, users: np.ndarray | None = None):
         self.stage = stage
         self.ks = sorted(set(ks))
@@ -66,7 +66,7 @@ class RankingEvaluator:
         if stage == "test" and mask_valid:
             mask = (mask + split.valid).tocsr()
             mask.data[:] = 1.0
-        self.mask = mask
+        self.mask = mask if mask_history else sp.csr_matrix(mask.shape, dtype=np.float32)
         self.users = split.eval_users(stage, filter_cold_users) if users is None else np.asarray(users)
         self.chunk = auto_chunk(split.n_items, chunk_users)
         self.n_truth = np.diff(self.truth.indptr)[self.users]

@@ -101,12 +101,10 @@ class SparseOperator(torch.nn.Module):
 def propagate(op: SparseOperator, x: torch.Tensor, n_layers: int,
               combine: Literal["mean", "sum", "last"] = "mean") -> torch.Tensor:
     """``n_layers`` rounds of ``x <- op(x)``, then the mean, sum or last of all layers (layer 0 included)."""
-    layers = [x]
-    h = x
+    h, total = x, x
     for _ in range(n_layers):
         h = op(h)
-        layers.append(h)
+        total = total + h  # a running sum: no stacked (layers x nodes x dim) copy
     if combine == "last":
         return h
-    stacked = torch.stack(layers, dim=0)
-    return stacked.mean(dim=0) if combine == "mean" else stacked.sum(dim=0)
+    return total / (n_layers + 1) if combine == "mean" else total

@@ -45,6 +45,8 @@ class Recommender(nn.Module):
     family: ClassVar[str] = "general"
     min_modalities: ClassVar[int] = 0
     registry_name: ClassVar[str] = ""
+    #: family defaults for the train / data sections, applied before config files and overrides
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, config: ModelConfig, data: TrainingData):
         super().__init__()
@@ -74,6 +76,11 @@ class Recommender(nn.Module):
         return {}
 
     # scoring ---------------------------------------------------------------------------------------
+    def use_history(self, stage: str, split: Any) -> None:
+        """Called before scoring ``stage`` ('valid', 'test' or 'all'): the interactions known at that point
+        are train (valid), train + valid (test) or everything (serving). Sequential models read the users' sequences here;
+        general models ignore it (they score from what they learned)."""
+
     @torch.no_grad()
     def prepare_scoring(self) -> None:
         """Compute whatever ``score`` reuses across user chunks (e.g. propagated embeddings)."""

@@ -79,6 +79,7 @@ class Trainer:
         self.on_epoch = on_epoch
         self.metric = cfg.valid_metric
         self.valid_eval = RankingEvaluator(split, "valid", cfg.eval_ks, filter_cold_users=filter_cold_users,
+                                           mask_history=cfg.mask_history,
                                            chunk_users=cfg.eval_batch_users)
 
     # ---------------------------------------------------------------------------------------------
@@ -86,6 +87,7 @@ class Trainer:
         start = time.perf_counter()
         self.model.eval()
         with torch.no_grad():
+            self.model.use_history("valid", self.split)
             self.model.prepare_scoring()
             res = self.valid_eval.evaluate(self.model.score, device=self.device)
         return res.metrics, time.perf_counter() - start

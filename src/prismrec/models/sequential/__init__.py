@@ -1,1 +1,3 @@
 """Sequential recommenders (next item from an ordered history). Importing registers them."""
+
+from . import sasrec  # noqa: F401

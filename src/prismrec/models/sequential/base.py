@@ -1,0 +1,218 @@
+"""What every sequential (next-item) recommender shares: histories, prefix batches, softmax losses.
+
+Data. A user's history is their interactions in time order (``Split.sequences``). Training uses
+**every prefix** of each training sequence: for ``s_1 .. s_n`` the samples are
+``(s_1..s_{t-1}) -> s_t`` for ``t = 2..n`` (UniSRec/RecBole's augmentation), each history cut to its
+last ``max_len`` items and **left-padded** with 0; item ``i`` is token ``i + 1``. Causal encoders
+(``causal = True``) get the same prefixes from windows of ``max_len + 1`` items trained at every
+position in one pass (:class:`WindowSampler`); other encoders get one sample per prefix
+(:class:`SequenceSampler`).
+
+Evaluation. ``use_history(stage)`` gives the model the sequences known at that point (train for
+validation, train + valid for test, everything when serving); ``score(users)`` encodes each user's
+last ``max_len`` items. ``score_sequences`` scores arbitrary sessions (serving, explanations).
+
+Loss. Full softmax cross-entropy over all items (default), or sampled softmax with uniform
+negatives (``loss_type: sampled``; the positive is logit 0 among ``num_sampled`` negatives; a
+negative equal to the target is masked out).
+
+Family defaults (``defaults``): leave-one-out split when the data has none, repeats kept
+(``dedup: none``), NDCG@10 for model selection, cut-offs 5/10/20/50, the validation item masked when
+scoring test (it is part of the history). Masking the history is ``train.mask_history`` (on).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from ...data.training import TrainingData
+from ..base import Batch, ModelConfig, Recommender
+
+PAD = 0
+
+
+def pad_windows(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, max_len: int) -> np.ndarray:
+    """The last ``max_len`` items of ``items[starts[b]:ends[b]]`` for every ``b``, left-padded with 0.
+
+    Returns tokens (item id + 1), shape ``(len(starts), max_len)``; vectorised, no Python loop.
+    """
+    pos = ends[:, None] - max_len + np.arange(max_len)[None, :]
+    valid = pos >= starts[:, None]
+    tokens = items[np.clip(pos, 0, max(len(items) - 1, 0))] + 1 if len(items) else np.zeros_like(pos)
+    return np.where(valid, tokens, PAD).astype(np.int64)
+
+
+class SequenceSampler:
+    """All prefixes of every training sequence, shuffled per epoch, as ``users``, ``seqs``, ``targets``."""
+
+    def __init__(self, indptr: np.ndarray, items: np.ndarray, max_len: int):
+        lens = np.diff(indptr)
+        users = np.repeat(np.arange(len(lens)), np.maximum(lens - 1, 0))
+        # target position t = 1..len-1 inside each user's sequence
+        first = np.repeat(indptr[:-1] + 1, np.maximum(lens - 1, 0))
+        offset = np.arange(len(users)) - np.repeat(np.cumsum(np.maximum(lens - 1, 0)) - np.maximum(lens - 1, 0),
+                                                   np.maximum(lens - 1, 0))
+        self.users = users
+        self.ends = first + offset           # global index of the target
+        self.starts = indptr[:-1][users]
+        self.items = items
+        self.max_len = max_len
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def n_batches(self, batch_size: int) -> int:
+        return -(-len(self.users) // batch_size)
+
+    def epoch(self, rng: np.random.Generator, batch_size: int, device: torch.device) -> Iterator[Batch]:
+        perm = rng.permutation(len(self.users))
+        for s in range(0, len(perm), batch_size):
+            idx = perm[s:s + batch_size]
+            seqs = pad_windows(self.items, self.starts[idx], self.ends[idx], self.max_len)
+            yield {"users": torch.as_tensor(self.users[idx], device=device),
+                   "seqs": torch.as_tensor(seqs, device=device),
+                   "targets": torch.as_tensor(self.items[self.ends[idx]], device=device)}
+
+
+class WindowSampler:
+    """Each training sequence cut into windows of ``max_len + 1`` items from its end; a batch holds
+    ``seqs`` (inputs, left-padded) and ``targets`` (the next item at every position, -1 on padding).
+
+    With a causal encoder, position ``t`` of a window only sees items before it, so training every
+    position at once trains on every prefix of the sequence (as :class:`SequenceSampler`) in one
+    forward pass per window instead of one per prefix.
+    """
+
+    def __init__(self, indptr: np.ndarray, items: np.ndarray, max_len: int):
+        lens = np.diff(indptr)
+        n_win = np.where(lens >= 2, -(-(lens - 1) // max_len), 0)
+        users = np.repeat(np.arange(len(lens)), n_win)
+        k = np.arange(len(users)) - np.repeat(np.cumsum(n_win) - n_win, n_win)  # window index from the end
+        self.users = users
+        self.ends = indptr[1:][users] - k * max_len          # exclusive end of the targets
+        self.starts = indptr[:-1][users]
+        self.items = items
+        self.max_len = max_len
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def n_batches(self, batch_size: int) -> int:
+        return -(-len(self.users) // batch_size)
+
+    def epoch(self, rng: np.random.Generator, batch_size: int, device: torch.device) -> Iterator[Batch]:
+        perm = rng.permutation(len(self.users))
+        for s in range(0, len(perm), batch_size):
+            idx = perm[s:s + batch_size]
+            ends, starts = self.ends[idx], self.starts[idx]
+            seqs = pad_windows(self.items, starts, ends - 1, self.max_len)
+            targets = pad_windows(self.items, starts + 1, ends, self.max_len) - 1  # -1 where padded
+            yield {"users": torch.as_tensor(self.users[idx], device=device),
+                   "seqs": torch.as_tensor(seqs, device=device),
+                   "targets": torch.as_tensor(targets, device=device)}
+
+
+class SequentialConfig(ModelConfig):
+    """Settings every sequential model has."""
+
+    max_len: int = Field(50, ge=1, description="history length the model sees (the most recent items)")
+    embedding_size: int = Field(64, ge=1)
+    loss_type: Literal["ce", "sampled"] = Field("ce", description="full softmax or sampled softmax")
+    num_sampled: int = Field(256, ge=1, description="uniform negatives per batch for loss_type=sampled")
+
+
+class SequentialRecommender(Recommender):
+    """Base of the next-item models: subclasses implement ``encode`` and ``item_embeddings``."""
+
+    family: ClassVar[str] = "sequential"
+    sampler: ClassVar[str] = "sequence"
+    Config: ClassVar[type[ModelConfig]] = SequentialConfig
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {
+        "data": {"default_split": "loo", "dedup": "none"},
+        "train": {"valid_metric": "ndcg@10", "topk": [5, 10, 20, 50], "mask_valid_in_test": True,
+                  "batch_size": 256},
+    }
+
+    def __init__(self, config: SequentialConfig, data: TrainingData):
+        super().__init__(config, data)
+        self.max_len = config.max_len
+        indptr, items = data.sequences()
+        self._history: tuple[np.ndarray, np.ndarray] = (indptr, items)
+        self._item_cache: torch.Tensor | None = None
+
+    # to implement ----------------------------------------------------------------------------------
+    def encode(self, seqs: torch.Tensor) -> torch.Tensor:
+        """User representations ``(B, d)`` from left-padded token sequences ``(B, max_len)``."""
+        raise NotImplementedError
+
+    def item_embeddings(self) -> torch.Tensor:
+        """Output embeddings of all items, ``(n_items, d)`` (logits are ``encode(seqs) @ items.T``)."""
+        raise NotImplementedError
+
+    # training --------------------------------------------------------------------------------------
+    #: True when ``encode_positions`` is causal, so windows train every prefix in one pass
+    causal: ClassVar[bool] = False
+
+    def encode_positions(self, seqs: torch.Tensor) -> torch.Tensor:
+        """Representations at every position ``(B, L, d)`` (causal models only)."""
+        raise NotImplementedError
+
+    def build_sampler(self, data: TrainingData, train_cfg: Any) -> SequenceSampler | WindowSampler:
+        indptr, items = data.sequences()
+        return (WindowSampler if self.causal else SequenceSampler)(indptr, items, self.max_len)
+
+    def logits_loss(self, h: torch.Tensor, targets: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the next item: full softmax, or sampled softmax with uniform negatives."""
+        if self.config.loss_type == "ce":
+            return nn.functional.cross_entropy(h @ items.T, targets)
+        neg = torch.randint(0, self.n_items, (self.config.num_sampled,), device=h.device)
+        pos_logit = (h * items[targets]).sum(-1, keepdim=True)
+        neg_logit = h @ items[neg].T
+        neg_logit = neg_logit.masked_fill(neg[None, :] == targets[:, None], -1e9)
+        logits = torch.cat([pos_logit, neg_logit], dim=1)
+        return nn.functional.cross_entropy(logits, torch.zeros(len(h), dtype=torch.long, device=h.device))
+
+    def loss(self, batch: Batch) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Next-item cross-entropy: at the last position (prefix batches) or at every non-padded
+        position (window batches of causal models)."""
+        self._item_cache = None
+        targets = batch["targets"]
+        if targets.dim() == 1:
+            return self.logits_loss(self.encode(batch["seqs"]), targets, self.item_embeddings())
+        h = self.encode_positions(batch["seqs"])
+        keep = targets >= 0
+        return self.logits_loss(h[keep], targets[keep], self.item_embeddings())
+
+    # scoring ---------------------------------------------------------------------------------------
+    def use_history(self, stage: str, split: Any) -> None:
+        stages = {"valid": ("train",), "test": ("train", "valid"), "all": ("all",)}[stage]
+        self._history = split.sequences(stages)
+
+    def user_sequences(self, users: np.ndarray) -> np.ndarray:
+        """Left-padded token windows of the current histories of ``users``."""
+        indptr, items = self._history
+        return pad_windows(items, indptr[users], indptr[users + 1], self.max_len)
+
+    @torch.no_grad()
+    def prepare_scoring(self) -> None:
+        self._item_cache = self.item_embeddings()
+
+    def _items(self) -> torch.Tensor:
+        return self._item_cache if self._item_cache is not None else self.item_embeddings()
+
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        seqs = torch.as_tensor(self.user_sequences(users.cpu().numpy()), device=users.device)
+        return self.encode(seqs) @ self._items().T
+
+    def score_sequences(self, sessions: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Scores of all items after each session (a list of internal item ids, oldest first)."""
+        lens = np.asarray([len(s) for s in sessions])
+        flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in sessions]) if lens.sum() else np.zeros(0, np.int64)
+        ends = np.cumsum(lens)
+        seqs = pad_windows(flat, ends - lens, ends, self.max_len)
+        return self.encode(torch.as_tensor(seqs, device=self.device)) @ self._items().T
