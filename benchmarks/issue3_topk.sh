@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 P=${PRISMREC:-.venv/bin/prismrec}
 OUT=${OUT:-bench_out/topk}
 DATASETS=${*:-scientific_mm tiktok scientific}
-COMMON=(--seeds 0 --final-seeds 0,1,2 --set train.epochs=400)
+COMMON=(--seeds 0 --final-seeds 0,1,2 --set train.epochs=400 --set train.threads=${THREADS:-1})
 for d in $DATASETS; do
   $P -q tune --model bpr      --data $d --out $OUT/$d/bpr      --grid reg_type=l2 --grid reg_weight=0.01,0.1 "${COMMON[@]}"
   $P -q tune --model lightgcn --data $d --out $OUT/$d/lightgcn --grid reg_type=l2 --grid reg_weight=1e-3,1e-2 "${COMMON[@]}"
