@@ -146,9 +146,26 @@ class SequentialRecommender(Recommender):
         self._item_cache: torch.Tensor | None = None
 
     # to implement ----------------------------------------------------------------------------------
+    def input_parts(self, seqs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The inputs of the sequence encoder split by source, each ``(B, L, d)``: ``"id"`` for item ID
+        embeddings and one entry per modality (its projected features). Attribution
+        (:mod:`~prismrec.models.sequential.attribution`) takes gradient x input on each part, so every
+        model gets per-item and per-modality contributions from the same code."""
+        raise NotImplementedError
+
+    def encode_parts(self, parts: dict[str, torch.Tensor], seqs: torch.Tensor, *,
+                     all_positions: bool = False) -> torch.Tensor:
+        """User representations ``(B, d)`` (or ``(B, L, d)`` with ``all_positions``) from ``input_parts``.
+        The default sums the parts and runs :meth:`encode_inputs`."""
+        return self.encode_inputs(sum(parts.values()), seqs, all_positions=all_positions)
+
+    def encode_inputs(self, x: torch.Tensor, seqs: torch.Tensor, *, all_positions: bool = False) -> torch.Tensor:
+        """The sequence encoder on summed input embeddings ``x`` ``(B, L, d)``."""
+        raise NotImplementedError
+
     def encode(self, seqs: torch.Tensor) -> torch.Tensor:
         """User representations ``(B, d)`` from left-padded token sequences ``(B, max_len)``."""
-        raise NotImplementedError
+        return self.encode_parts(self.input_parts(seqs), seqs)
 
     def item_embeddings(self) -> torch.Tensor:
         """Output embeddings of all items, ``(n_items, d)`` (logits are ``encode(seqs) @ items.T``)."""
@@ -160,7 +177,7 @@ class SequentialRecommender(Recommender):
 
     def encode_positions(self, seqs: torch.Tensor) -> torch.Tensor:
         """Representations at every position ``(B, L, d)`` (causal models only)."""
-        raise NotImplementedError
+        return self.encode_parts(self.input_parts(seqs), seqs, all_positions=True)
 
     def build_sampler(self, data: TrainingData, train_cfg: Any) -> SequenceSampler | WindowSampler:
         indptr, items = data.sequences()

@@ -55,21 +55,31 @@ class SASRec(SequentialRecommender):
                 self.item_embedding.weight.zero_()
         self.encoder = CausalTransformer(d, config.max_len, config.n_layers, config.n_heads, config.dropout)
 
+    def _feature_tokens(self) -> dict[str, torch.Tensor]:
+        """Projected features of all tokens per modality ``(n_items + 1, d)`` (row 0, padding, is zero)."""
+        out = {}
+        for name in self.features.names if self.features is not None else ():
+            f = self.features(name)
+            out[name] = torch.cat([torch.zeros_like(f[:1]), f], dim=0)
+        return out
+
     def token_embeddings(self) -> torch.Tensor:
         """Embeddings of all tokens ``(n_items + 1, d)``: row 0 is padding, row i+1 item i."""
         e = self.item_embedding.weight
-        if self.features is None:
-            return e
-        feat = sum(self.features(name) for name in self.features.names)
-        return e + torch.cat([torch.zeros_like(feat[:1]), feat], dim=0)
+        for f in self._feature_tokens().values():
+            e = e + f
+        return e
 
     causal = True
 
-    def encode(self, seqs: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.token_embeddings()[seqs], seqs)
+    def input_parts(self, seqs: torch.Tensor) -> dict[str, torch.Tensor]:
+        parts = {name: f[seqs] for name, f in self._feature_tokens().items()}
+        if self.item_embedding.weight.requires_grad or self.features is None:
+            parts["id"] = self.item_embedding(seqs)
+        return parts
 
-    def encode_positions(self, seqs: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.token_embeddings()[seqs], seqs, all_positions=True)
+    def encode_inputs(self, x: torch.Tensor, seqs: torch.Tensor, *, all_positions: bool = False) -> torch.Tensor:
+        return self.encoder(x, seqs, all_positions=all_positions)
 
     def item_embeddings(self) -> torch.Tensor:
         return self.token_embeddings()[1:]
