@@ -155,7 +155,6 @@ def train_run(model: str, data: str | Path | Dataset, out: str | Path | None = N
     configuration and split are used; a finished run is simply reloaded).
     """
     out_path = Path(out) if out is not None else None
-    source = data.name if isinstance(data, Dataset) else str(data)
     if out_path is not None:
         _check_run_dir(out_path, resume)
     if resume and out_path is not None and (out_path / CONFIG_FILE).is_file():

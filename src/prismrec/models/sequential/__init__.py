@@ -1,3 +1,3 @@
 """Sequential recommenders (next item from an ordered history). Importing registers them."""
 
-from . import sasrec  # noqa: F401
+from . import gru4rec, sasrec  # noqa: F401

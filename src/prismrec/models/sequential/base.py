@@ -150,8 +150,9 @@ class SequentialRecommender(Recommender):
         """The inputs of the sequence encoder split by source, each ``(B, L, d)``: ``"id"`` for item ID
         embeddings and one entry per modality (its projected features). Attribution
         (:mod:`~prismrec.models.sequential.attribution`) takes gradient x input on each part, so every
-        model gets per-item and per-modality contributions from the same code."""
-        raise NotImplementedError
+        model gets per-item and per-modality contributions from the same code. Default: the parts of
+        the model's :class:`~prismrec.models.sequential.layers.ItemTokens` (``self.tokens``)."""
+        return self.tokens.parts(seqs)
 
     def encode_parts(self, parts: dict[str, torch.Tensor], seqs: torch.Tensor, *,
                      all_positions: bool = False) -> torch.Tensor:
@@ -168,8 +169,13 @@ class SequentialRecommender(Recommender):
         return self.encode_parts(self.input_parts(seqs), seqs)
 
     def item_embeddings(self) -> torch.Tensor:
-        """Output embeddings of all items, ``(n_items, d)`` (logits are ``encode(seqs) @ items.T``)."""
-        raise NotImplementedError
+        """Output embeddings of all items, ``(n_items, d)`` (logits are ``encode(seqs) @ items.T``).
+        Default: the token table of ``self.tokens`` without the padding row (shared input/output)."""
+        return self.tokens.table()[1:]
+
+    def diagnostic_groups(self) -> dict[str, list[nn.Parameter]]:
+        tokens = getattr(self, "tokens", None)
+        return tokens.diagnostic_groups() if tokens is not None else {}
 
     # training --------------------------------------------------------------------------------------
     #: True when ``encode_positions`` is causal, so windows train every prefix in one pass

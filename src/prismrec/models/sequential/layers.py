@@ -49,3 +49,58 @@ class CausalTransformer(nn.Module):
         mask = mask.repeat_interleave(self.n_heads, dim=0)
         out = self.layers(h, mask=mask)
         return out if all_positions else out[:, -1]
+
+
+class ItemTokens(nn.Module):
+    """Input/output item embeddings of the ID and ID + feature models (SASRec(F), GRU4Rec(F), Demure).
+
+    Token ``t`` (item ``t - 1``; 0 is padding) is ``E_id[t] + sum_m W_m x_m[t - 1]``: an ID embedding
+    plus, with ``modalities``, a linear projection of each frozen modality feature (a learned vector
+    where the feature is missing, :class:`~prismrec.models.layers.ModalityProjections`). With
+    ``use_ids=False`` the ID table is frozen at zero, so items are their features alone.
+    """
+
+    def __init__(self, n_items: int, dim: int, modalities=None, *, use_ids: bool = True, init: str = "normal"):
+        super().__init__()
+        from ..layers import ModalityProjections
+
+        self.embedding = nn.Embedding(n_items + 1, dim, padding_idx=PAD)
+        if init == "xavier":
+            nn.init.xavier_normal_(self.embedding.weight)
+        else:
+            nn.init.normal_(self.embedding.weight, std=0.02)
+        self.features = ModalityProjections(modalities, dim) if modalities else None
+        self.use_ids = use_ids or self.features is None
+        with torch.no_grad():
+            self.embedding.weight[PAD].zero_()
+            if not self.use_ids:
+                self.embedding.weight.zero_()
+        self.embedding.weight.requires_grad_(self.use_ids)
+
+    def feature_tables(self) -> dict[str, torch.Tensor]:
+        """Projected features of all tokens per modality ``(n_items + 1, d)``; the padding row is zero."""
+        out = {}
+        for name in self.features.names if self.features is not None else ():
+            f = self.features(name)
+            out[name] = torch.cat([torch.zeros_like(f[:1]), f], dim=0)
+        return out
+
+    def table(self) -> torch.Tensor:
+        """All token embeddings ``(n_items + 1, d)``."""
+        e = self.embedding.weight
+        for f in self.feature_tables().values():
+            e = e + f
+        return e
+
+    def parts(self, seqs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Input parts of ``seqs`` (see ``SequentialRecommender.input_parts``): one per modality, plus ``"id"``."""
+        parts = {name: f[seqs] for name, f in self.feature_tables().items()}
+        if self.use_ids:
+            parts["id"] = self.embedding(seqs)
+        return parts
+
+    def diagnostic_groups(self) -> dict[str, list[nn.Parameter]]:
+        """ID vs feature-projection parameters, for the trainer's gradient-norm ratio."""
+        if self.features is None or not self.use_ids:
+            return {}
+        return {"id": [self.embedding.weight], "feature": self.features.projection_parameters()}

@@ -20,9 +20,8 @@ from torch import nn
 
 from ...data.training import TrainingData
 from ..base import MODELS
-from ..layers import ModalityProjections
 from .base import SequentialConfig, SequentialRecommender
-from .layers import CausalTransformer
+from .layers import CausalTransformer, ItemTokens
 
 
 class SASRecConfig(SequentialConfig):
@@ -44,50 +43,22 @@ class SASRec(SequentialRecommender):
     def __init__(self, config: SASRecConfig, data: TrainingData):
         super().__init__(config, data)
         d = config.embedding_size
-        self.item_embedding = nn.Embedding(self.n_items + 1, d, padding_idx=0)
-        nn.init.normal_(self.item_embedding.weight, std=0.02)
-        with torch.no_grad():
-            self.item_embedding.weight[0].zero_()
-        self.features = ModalityProjections(data.modalities, d) if self.use_features else None
-        if self.features is not None and not getattr(config, "use_ids", True):
-            self.item_embedding.weight.requires_grad_(False)
-            with torch.no_grad():
-                self.item_embedding.weight.zero_()
+        self.tokens = ItemTokens(self.n_items, d, data.modalities if self.use_features else None,
+                                 use_ids=getattr(config, "use_ids", True))
         self.encoder = CausalTransformer(d, config.max_len, config.n_layers, config.n_heads, config.dropout)
-
-    def _feature_tokens(self) -> dict[str, torch.Tensor]:
-        """Projected features of all tokens per modality ``(n_items + 1, d)`` (row 0, padding, is zero)."""
-        out = {}
-        for name in self.features.names if self.features is not None else ():
-            f = self.features(name)
-            out[name] = torch.cat([torch.zeros_like(f[:1]), f], dim=0)
-        return out
-
-    def token_embeddings(self) -> torch.Tensor:
-        """Embeddings of all tokens ``(n_items + 1, d)``: row 0 is padding, row i+1 item i."""
-        e = self.item_embedding.weight
-        for f in self._feature_tokens().values():
-            e = e + f
-        return e
 
     causal = True
 
-    def input_parts(self, seqs: torch.Tensor) -> dict[str, torch.Tensor]:
-        parts = {name: f[seqs] for name, f in self._feature_tokens().items()}
-        if self.item_embedding.weight.requires_grad or self.features is None:
-            parts["id"] = self.item_embedding(seqs)
-        return parts
+    @property
+    def item_embedding(self) -> nn.Embedding:
+        return self.tokens.embedding
+
+    def token_embeddings(self) -> torch.Tensor:
+        """Embeddings of all tokens ``(n_items + 1, d)``: row 0 is padding, row i+1 item i."""
+        return self.tokens.table()
 
     def encode_inputs(self, x: torch.Tensor, seqs: torch.Tensor, *, all_positions: bool = False) -> torch.Tensor:
         return self.encoder(x, seqs, all_positions=all_positions)
-
-    def item_embeddings(self) -> torch.Tensor:
-        return self.token_embeddings()[1:]
-
-    def diagnostic_groups(self) -> dict[str, list[nn.Parameter]]:
-        if self.features is None or not self.item_embedding.weight.requires_grad:
-            return {}
-        return {"id": [self.item_embedding.weight], "feature": self.features.projection_parameters()}
 
 
 @MODELS.register("sasrecf", aliases=("sasrec_f", "sasrec_features"))
