@@ -9,7 +9,9 @@ Contract (see docs/cli.md):
 * ``prismrec compare`` trains several models x seeds and prints/saves a Markdown and CSV table;
 * ``prismrec recommend RUN_DIR --user RAW_ID -k 10`` prints raw item ids and titles;
 * ``prismrec tune`` grid-searches on validation, then runs the chosen setting over several seeds;
-* ``prismrec significance RUN_A RUN_B`` runs a paired test; ``prismrec models`` lists models.
+* ``prismrec significance RUN_A RUN_B`` runs a paired test; ``prismrec models`` lists models;
+* ``prismrec explain RUN_DIR --user RAW_ID [-k 5] [--plot PNG]`` attributes a sequential model's
+  recommendations to history items and modalities.
 
 User errors exit with status 2 and a one-paragraph message; ``--debug`` shows the traceback.
 """
@@ -239,6 +241,29 @@ def recommend(
         for _, r in grp.iterrows():
             title = f"  {r['title']}" if r["title"] else ""
             _print(f"  {r['rank']:>3}. {r['item']}{title}")
+
+
+@app.command()
+def explain(
+    run_dir: Path = typer.Argument(...),
+    user: str = typer.Option(..., "--user", "-u", help="raw user id"),
+    k: int = typer.Option(5, "-k", "--k", min=1, max=100, help="number of recommendations to explain"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG path (default RUN_DIR/explain/USER.png)"),
+    no_plot: bool = typer.Option(False, "--no-plot", help="text only"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Show how much each history item and each modality contributed to a sequential model's top-k
+    recommendations for a user (gradient x input, Demure's contribution), as text and a saved plot."""
+    from ..evaluate.explain import explain_user
+    from ..runs import load_run
+
+    ex = explain_user(load_run(run_dir), user, k)
+    _print(json.dumps(ex.as_dict(), indent=2) if as_json else ex.text())
+    if not no_plot:
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(user))
+        path = ex.plot(plot or Path(run_dir) / "explain" / f"{safe}.png")
+        if not as_json:
+            _print(f"plot saved to {path}")
 
 
 @app.command()
