@@ -39,12 +39,35 @@ PAD = 0
 def pad_windows(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, max_len: int) -> np.ndarray:
     """The last ``max_len`` items of ``items[starts[b]:ends[b]]`` for every ``b``, left-padded with 0.
 
-    Returns tokens (item id + 1), shape ``(len(starts), max_len)``; vectorised, no Python loop.
+    Returns tokens (item id + 1), shape ``(len(starts), W)`` with ``W = min(max_len, longest window)``:
+    columns that would be padding in every row are not built (positions count from the end, so this
+    changes no result, and short-history batches cost a fraction). Vectorised, no Python loop.
     """
+    longest = int((ends - starts).max()) if len(starts) else 1
+    max_len = max(1, min(max_len, longest))
     pos = ends[:, None] - max_len + np.arange(max_len)[None, :]
     valid = pos >= starts[:, None]
     tokens = items[np.clip(pos, 0, max(len(items) - 1, 0))] + 1 if len(items) else np.zeros_like(pos)
     return np.where(valid, tokens, PAD).astype(np.int64)
+
+
+def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                   bucket: int = 32) -> Iterator[np.ndarray]:
+    """Shuffled batches of sample indices in which samples of similar length travel together.
+
+    The samples are shuffled, cut into chunks of ``bucket`` batches, sorted by length inside each
+    chunk, split into batches, and the batches are shuffled: every sample is seen once per epoch,
+    and a batch is padded only to its own longest sample.
+    """
+    perm = rng.permutation(len(lengths))
+    chunk = batch_size * bucket
+    batches = []
+    for c in range(0, len(perm), chunk):
+        part = perm[c:c + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[s:s + batch_size] for s in range(0, len(part), batch_size)]
+    for b in rng.permutation(len(batches)):
+        yield batches[b]
 
 
 class SequenceSampler:
@@ -70,9 +93,7 @@ class SequenceSampler:
         return -(-len(self.users) // batch_size)
 
     def epoch(self, rng: np.random.Generator, batch_size: int, device: torch.device) -> Iterator[Batch]:
-        perm = rng.permutation(len(self.users))
-        for s in range(0, len(perm), batch_size):
-            idx = perm[s:s + batch_size]
+        for idx in length_batches(np.minimum(self.ends - self.starts, self.max_len), batch_size, rng):
             seqs = pad_windows(self.items, self.starts[idx], self.ends[idx], self.max_len)
             yield {"users": torch.as_tensor(self.users[idx], device=device),
                    "seqs": torch.as_tensor(seqs, device=device),
@@ -106,9 +127,7 @@ class WindowSampler:
         return -(-len(self.users) // batch_size)
 
     def epoch(self, rng: np.random.Generator, batch_size: int, device: torch.device) -> Iterator[Batch]:
-        perm = rng.permutation(len(self.users))
-        for s in range(0, len(perm), batch_size):
-            idx = perm[s:s + batch_size]
+        for idx in length_batches(np.minimum(self.ends - self.starts, self.max_len + 1), batch_size, rng):
             ends, starts = self.ends[idx], self.starts[idx]
             seqs = pad_windows(self.items, starts, ends - 1, self.max_len)
             targets = pad_windows(self.items, starts + 1, ends, self.max_len) - 1  # -1 where padded
