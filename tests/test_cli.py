@@ -249,7 +249,7 @@ def test_datasets_lists_the_root_folder(cli):
 def test_unknown_model_is_a_one_paragraph_error(cli):
     res = cli.procs["unknown_model"].result()
     assert_user_error(res, "Unknown model 'lightgnc'.", "Did you mean 'lightgcn'?",
-                      "Known: ", "lightgcn, lirdrec, pop")
+                      "Known: ", "lightgcn, lirdrec, ", "pop")
     assert not (cli.root / "never1" / "metrics.json").exists()
 
 

@@ -83,6 +83,12 @@ class DataConfig(StrictConfig):
         description="extra modalities: name -> .npz file (raw 'ids' + 'values' [+ 'available']) or .npy "
                     "(row r = item r of the dataset as read)",
     )
+    feature_noise: float = Field(
+        0.0, ge=0, le=1,
+        description="robustness tests: in every modality, this share of the items with a feature get a random "
+                    "vector instead (Gaussian with the modality's per-dimension mean and std); 0 = off",
+    )
+    feature_noise_seed: int = Field(0, description="seed of data.feature_noise (which items, which vectors)")
 
 
 class TrainConfig(StrictConfig):

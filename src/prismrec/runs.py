@@ -282,14 +282,14 @@ def evaluate_run(run_dir: str | Path, stage: str = "test") -> dict[str, float]:
 
 def compare_runs(run_a: str | Path, run_b: str | Path, metric: str = "ndcg@20") -> PairedTest:
     """Paired test between two finished runs on the users both evaluated."""
-    za, zb = _per_user(Path(run_a)), _per_user(Path(run_b))
+    za, zb = load_per_user(Path(run_a)), load_per_user(Path(run_b))
     if metric not in za or metric not in zb:
         known = sorted(k for k in za if k != "users")
         raise PrismrecError(f"metric {metric!r} is not in the saved per-user results; known: {', '.join(known)}.")
     return paired_test(za["users"], za[metric], zb["users"], zb[metric], metric)
 
 
-def _per_user(run_dir: Path) -> dict[str, np.ndarray]:
+def load_per_user(run_dir: Path) -> dict[str, np.ndarray]:
     p = run_dir / PER_USER_FILE
     if not p.is_file():
         raise PrismrecError(f"{run_dir} has no {PER_USER_FILE}: it is not a finished run. "

@@ -1,18 +1,21 @@
 """Cleaning before the split: rating filter, de-duplication and iterative k-core.
 
 All three work on whole columns (no per-row Python) and renumber ids contiguously through
-:meth:`Dataset.subset`, which keeps feature rows aligned with the new item ids.
+:meth:`Dataset.subset`, which keeps feature rows aligned with the new item ids. For robustness
+experiments, :func:`corrupt_features` (``data.feature_noise``) then replaces a share of the feature
+rows by random vectors.
 """
 
 from __future__ import annotations
 
 import logging
+import zlib
 
 import numpy as np
 
 from ..config import DataConfig
 from ..errors import DataError
-from .dataset import Dataset
+from .dataset import Dataset, Modality
 
 log = logging.getLogger("prismrec")
 
@@ -86,11 +89,41 @@ def kcore(ds: Dataset, user_k: int, item_k: int) -> Dataset:
     return out
 
 
+def corrupt_features(ds: Dataset, share: float, seed: int = 0) -> Dataset:
+    """A copy of ``ds`` where, in every modality, ``round(share * n)`` of its ``n`` items that have a
+    feature get a random vector instead: Gaussian with the modality's per-dimension mean and std
+    (over those ``n`` rows), so the rows look like features but carry no information about the item.
+
+    Each modality draws its own items (seeded by ``seed`` and the modality's name, so the draw does
+    not depend on which other modalities are loaded): an item may keep its text and lose its image.
+    Items without a feature stay missing; interactions and ids are unchanged. ``share == 0`` returns
+    ``ds`` itself.
+    """
+    if share <= 0 or not ds.modalities:
+        return ds
+    mods = {}
+    for name, m in ds.modalities.items():
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        rows = np.flatnonzero(m.available)
+        pick = np.sort(rng.choice(rows, int(round(share * len(rows))), replace=False))
+        values = m.values.copy()
+        if len(pick):
+            mu, sd = m.values[rows].mean(axis=0), m.values[rows].std(axis=0)
+            values[pick] = mu + sd * rng.standard_normal((len(pick), m.dim))
+        prov = {**m.provenance, "feature_noise": {"share": share, "seed": seed, "items": int(len(pick))}}
+        mods[name] = Modality(name, values, m.available.copy(), prov)
+    log.info("%s: data.feature_noise=%g gave random features to %s items.", ds.name, share,
+             ", ".join(f"{m.provenance['feature_noise']['items']} {n}" for n, m in mods.items()))
+    return ds._replace(modalities=mods)
+
+
 def preprocess(ds: Dataset, cfg: DataConfig) -> Dataset:
-    """Apply the configured cleaning steps in a fixed order: rating filter, de-duplication, k-core."""
+    """Apply the configured steps in a fixed order: rating filter, de-duplication, k-core, then
+    (robustness experiments only) ``data.feature_noise``."""
     ds = ds.with_modalities(cfg.modalities)
     ds = filter_min_rating(ds, cfg.min_rating)
     ds = deduplicate(ds, cfg.dedup)
     uk = cfg.user_core if cfg.user_core is not None else cfg.kcore
     ik = cfg.item_core if cfg.item_core is not None else cfg.kcore
-    return kcore(ds, uk, ik)
+    ds = kcore(ds, uk, ik)
+    return corrupt_features(ds, cfg.feature_noise, cfg.feature_noise_seed)

@@ -1,0 +1,482 @@
+"""MDSRec (``mdsrec``): multimodal difference learning for sequential recommendation.
+
+Li, Guo, Li, Zou, "Multimodal Difference Learning for Sequential Recommendation", arXiv 2412.08103v1
+(2024). No MDSRec code was released. Where the paper is silent we follow the official code of its
+published successor SGP4SR (Li, Guo, Li, Yang, Hong, AAAI 2026; ``changhongli1/SGP4SR``, ``sgp.py``),
+without that code's known defects. Equation numbers ``(Eq. n)`` refer to docs/models/mdsrec.md, which
+lists every equation, default and deviation.
+
+The three modules of the paper:
+
+* **Item relation graph construction (RGC)**, once, from training data only: behaviour
+  co-occurrence ``C`` over every user's training sequence (Eq. 1), and per modality a binary
+  top-``knn_k`` graph whose cosine candidates are re-ranked by co-occurrence (Eq. 2-3). The modal-aware
+  item representation is ``H_m = A_m E``, the mean ID embedding of the item's neighbours (Eq. 4).
+* **Interest-centralised attention (ICA)**: ``n_centers`` k-means clusters of each modality's features;
+  a centre is the mean of its members' ``H_m`` (Eq. 5). In every block the centres attend to the
+  modality's sequence (Eq. 9) and each position adds the centres weighted by its soft assignment
+  (Eq. 7, 10): one user representation ``u_m`` per modality.
+* **Fusion and prediction**: ``u = LN(sum_m w_m X_m [+ w_id X_id])`` (Eq. 11); the score of item ``i``
+  is ``u . E_i + sum_m w_m u_m . H_m,i`` (Eq. 12) and the loss the matching sum of full-softmax
+  cross-entropies (Eq. 13).
+
+``variant: sgp4sr`` adds SGP4SR's ID branch (``H_id = C_hat E`` fed to the same encoder, weight
+``id_weight`` = 0.6 in the fusion).
+
+Scoring is one dot product: :meth:`MDSRec.encode_parts` returns ``[u | w_1 u_1 | ... | w_M u_M]`` and
+:meth:`MDSRec.item_embeddings` returns ``[E | H_1 | ... | H_M]``, so the base class's ``score``,
+``score_sequences`` and ``prepare_scoring`` and the gradient x input attribution explain the full
+score (fused head and modality heads), not only the fused head.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from pydantic import Field
+from torch import nn
+
+from ...data.dataset import Modality
+from ...data.training import TrainingData
+from ...errors import ConfigError
+from ...graphs.knn import knn, modality_weights
+from ...graphs.sparse import SparseOperator
+from ..base import MODELS, Batch
+from .base import PAD, SequentialConfig, SequentialRecommender
+
+log = logging.getLogger("prismrec")
+
+ID = "id"
+
+
+# --------------------------------------------------------------------------- relation graphs (RGC)
+def cooccurrence(indptr: np.ndarray, items: np.ndarray, n_items: int, window: int) -> sp.csr_matrix:
+    """Behaviour co-occurrence (Eq. 1; SGP4SR ``get_co``), symmetric and sparse.
+
+    ``C[a, b] = sum over sequences and positions p < q <= p + window with {s_p, s_q} = {a, b} of
+    1 / (q - p)``, each user's full training sequence counted once (``indptr``/``items``). The official
+    code counts every pair of a sequence; ``window`` bounds the cost at ``O(interactions x window)``.
+    An item repeated at distance ``q - p`` gets ``2 / (q - p)`` on the diagonal, as in the code.
+    """
+    n = len(items)
+    seq = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    upper = sp.csr_matrix((n_items, n_items), dtype=np.float32)
+    for delta in range(1, max(window, 0) + 1):
+        a = np.arange(n - delta)
+        a = a[seq[a] == seq[a + delta]]
+        if not len(a):  # no sequence is longer than delta, so none is longer than delta + 1 either
+            break
+        vals = np.full(len(a), 1.0 / delta, dtype=np.float32)
+        upper = upper + sp.csr_matrix((vals, (items[a], items[a + delta])), shape=(n_items, n_items))
+    out = (upper + upper.T).tocsr()
+    out.sum_duplicates()
+    out.sort_indices()
+    return out.astype(np.float32)
+
+
+def row_l2_normalize(m: sp.csr_matrix) -> sp.csr_matrix:
+    """``F.normalize(C, dim=1)`` for a sparse matrix; empty rows stay empty."""
+    norm = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+    scale = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)
+    return (sp.diags(scale.astype(np.float32)) @ m).tocsr().astype(np.float32)
+
+
+def row_topk(m: sp.csr_matrix, q: int) -> np.ndarray:
+    """The ``q`` largest entries of every row of a sparse matrix, as column ids ``(n, q)`` (-1 where a
+    row has fewer stored entries); ties go to the smaller id. Only stored (non-zero) entries count, so
+    an item without co-occurrence gets no candidates (the dense code picked arbitrary ones)."""
+    n = m.shape[0]
+    out = np.full((n, q), -1, dtype=np.int64)
+    if q == 0 or m.nnz == 0:
+        return out
+    rows = np.repeat(np.arange(n), np.diff(m.indptr))
+    order = np.lexsort((m.indices, -m.data, rows))
+    rank = np.arange(len(order)) - m.indptr[rows[order]]
+    keep = rank < q
+    out[rows[order][keep], rank[keep]] = m.indices[order][keep]
+    return out
+
+
+def relation_graph(modality: Modality, cooc: sp.csr_matrix, k: int, miu_m: float, miu_c: float,
+                   backend: str = "auto") -> tuple[sp.csr_matrix, dict[str, float]]:
+    """Modal-aware item relation graph ``A_m`` (Eq. 2-3; SGP4SR ``get_knn_adj_mat`` and
+    ``extract_common_and_complement``), row-normalised to a mean over the neighbours.
+
+    For an item with the feature: candidates ``P_i`` = its top ``int(k * miu_m)`` cosine neighbours
+    among the items **that have the feature** (itself included, as in the code), ``Q_i`` = its top
+    ``int(k * miu_c)`` co-occurring items (``cooc``); the neighbours are ``P_i ∩ Q_i`` followed by the
+    rest of ``P_i`` in similarity order, cut to ``k``. An item **without** the feature gets its
+    neighbours from behaviour only: itself plus its top ``k - 1`` co-occurring items (no zero feature
+    vector ever enters the cosine search). There is no padding item: rows and columns are items.
+
+    Returns the ``n x n`` graph and statistics (edges, promoted neighbours per item, missing items).
+    """
+    n = len(modality.values)
+    avail = np.asarray(modality.available, dtype=bool)
+    rows, cols = [], []
+    promoted = 0.0
+    have = np.flatnonzero(avail)
+    if len(have):
+        pool = max(int(k * miu_m), k)
+        res = knn(modality.values[have], pool, backend=backend)  # type: ignore[arg-type]
+        cand = have[res.indices]                                   # (n_have, pool) global ids, best first
+        q = row_topk(cooc, int(k * miu_c))[have]
+        common = (cand[:, :, None] == q[:, None, :]).any(-1)       # -1 never matches an item id
+        order = np.argsort(~common, axis=1, kind="stable")         # common first, then similarity order
+        kk = min(k, cand.shape[1])
+        chosen = np.take_along_axis(cand, order, axis=1)[:, :kk]
+        promoted = float((order[:, :kk] >= kk).sum(1).mean())      # neighbours that plain top-k lacks
+        rows.append(np.repeat(have, kk))
+        cols.append(chosen.ravel())
+    missing = np.flatnonzero(~avail)
+    if len(missing):
+        co = row_topk(cooc, k)[missing]
+        co = np.where(co == missing[:, None], -1, co)              # the item itself is added below
+        take = (co >= 0) & (np.cumsum(co >= 0, axis=1) <= k - 1)
+        rows += [missing, np.repeat(missing, take.sum(1))]
+        cols += [missing, co[take]]
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    a = sp.csr_matrix((np.ones(len(r), dtype=np.float32), (r, c)), shape=(n, n))
+    a.sum_duplicates()
+    a.data[:] = 1.0
+    deg = np.asarray(a.sum(axis=1)).ravel()
+    a = (sp.diags((1.0 / np.maximum(deg, 1.0)).astype(np.float32)) @ a).tocsr()
+    a.sort_indices()
+    return a.astype(np.float32), {"edges": int(a.nnz), "promoted_per_item": promoted,
+                                  "missing_items": int(len(missing))}
+
+
+# ------------------------------------------------------------------------------ interest centres
+def kmeans_labels(x: np.ndarray, n_clusters: int, *, seed: int, iters: int = 100,
+                  backend: Literal["torch", "faiss"] = "torch") -> np.ndarray:
+    """Cluster labels of the rows of ``x`` (k-means, ``min(n_clusters, rows)`` clusters).
+
+    ``torch``: k-means++ seeding and Lloyd iterations with a private generator (the result does not
+    depend on the global RNG), distances in blocks, so memory is O(rows x clusters). ``faiss``:
+    ``faiss.Kmeans`` (imported lazily; falls back to torch when FAISS is not installed).
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = len(x)
+    k = max(1, min(n_clusters, n))
+    if backend == "faiss":
+        try:
+            import faiss
+        except ImportError:  # pragma: no cover - depends on the environment
+            log.warning("faiss is not installed; MDSRec k-means falls back to torch")
+        else:
+            km = faiss.Kmeans(x.shape[1], k, niter=iters, seed=seed, verbose=False)
+            km.train(x)
+            return km.index.search(x, 1)[1].ravel().astype(np.int64)
+    g = torch.Generator().manual_seed(seed)
+    xt = torch.from_numpy(x)
+    sq = (xt * xt).sum(1)
+
+    def assign(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        labels, dist = torch.empty(n, dtype=torch.long), torch.empty(n)
+        csq = (c * c).sum(1)
+        for s in range(0, n, 65536):
+            d2 = (sq[s:s + 65536, None] - 2 * xt[s:s + 65536] @ c.T + csq[None]).clamp(min=0)
+            dist[s:s + 65536], labels[s:s + 65536] = d2.min(1)
+        return labels, dist
+
+    centres = xt[torch.randint(n, (1,), generator=g)].clone()
+    dist = assign(centres)[1]
+    for _ in range(1, k):  # k-means++
+        p = dist if float(dist.sum()) > 0 else torch.ones(n)
+        centres = torch.cat([centres, xt[torch.multinomial(p, 1, generator=g)]])
+        dist = torch.minimum(dist, ((xt - centres[-1]) ** 2).sum(1))
+    labels = assign(centres)[0]
+    for _ in range(iters):
+        counts = torch.bincount(labels, minlength=k)
+        sums = torch.zeros_like(centres).index_add_(0, labels, xt)
+        full = counts > 0
+        centres[full] = sums[full] / counts[full, None].to(sums.dtype)
+        new = assign(centres)[0]
+        if torch.equal(new, labels):
+            break
+        labels = new
+    return labels.numpy()
+
+
+def membership(labels: np.ndarray, items: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """``Pi`` (clusters x items): ``Pi[c, i] = 1 / |c|`` for the members of cluster ``c`` (Eq. 5).
+
+    A one-hot matrix built from all members (the code's loop skips the last item, whose column keeps its
+    raw label); empty clusters are dropped; items outside ``items`` (missing feature) join no cluster.
+    """
+    _, lab = np.unique(labels, return_inverse=True)
+    counts = np.bincount(lab)
+    return sp.csr_matrix(((1.0 / counts[lab]).astype(np.float32), (lab, items)), shape=(len(counts), n_items))
+
+
+# ------------------------------------------------------------------------------------- encoder
+class Block(nn.Module):
+    """One self-attention block in the layout of the SGP4SR code (pmixer's SASRec), Eq. 8-9.
+
+    Sequence: ``Q = LN1(X); X <- FFN(LN2(Q + MHA(Q, X, X)))`` then the padding is zeroed, with
+    ``FFN(y) = y + Drop(W2 ReLU(Drop(W1 y)))``. Centres (ICA, Eq. 9) reuse the same weights on the
+    block's input sequence: ``Q_c = LN1(C); C <- FFN(Q_c + MHA(Q_c, X, X))`` (no LN2, as in the code).
+    ``blocked`` masks are boolean ``(B, queries, keys)``, True = not attended.
+    """
+
+    def __init__(self, dim: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim, eps=1e-8)
+        self.attn = nn.MultiheadAttention(dim, n_heads, dropout=dropout, batch_first=True)
+        self.ln2 = nn.LayerNorm(dim, eps=1e-8)
+        self.ff = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout), nn.ReLU(), nn.Linear(dim, dim),
+                                nn.Dropout(dropout))
+        self.n_heads = n_heads
+
+    def attend(self, queries: torch.Tensor, x: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+        q = self.ln1(queries)
+        out = self.attn(q, x, x, attn_mask=blocked.repeat_interleave(self.n_heads, 0), need_weights=False)[0]
+        return q + out
+
+    def sequence(self, x: torch.Tensor, blocked: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        y = self.ln2(self.attend(x, x, blocked))
+        return (y + self.ff(y)) * keep
+
+    def centres(self, c: torch.Tensor, x: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+        y = self.attend(c, x, blocked)
+        return y + self.ff(y)
+
+
+class MDSRecConfig(SequentialConfig):
+    variant: Literal["mdsrec", "sgp4sr"] = Field(
+        "mdsrec", description="mdsrec: modality branches only; sgp4sr: plus the ID/co-occurrence branch")
+    embedding_size: int = Field(64, ge=1, description="d (SGP4SR code: 300)")
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(4, ge=1, description="attention heads (SGP4SR code: 4)")
+    dropout: float = Field(0.5, ge=0, lt=1, description="embedding, attention and FFN dropout (SGP4SR code: 0.5)")
+    knn_k: int = Field(10, ge=1, description="neighbours per item in each modality's relation graph")
+    miu_m: float = Field(2.5, ge=1, description="cosine candidate pool = int(knn_k * miu_m)")
+    miu_c: float = Field(0.3, ge=0, description="co-occurrence candidate pool = int(knn_k * miu_c)")
+    cooc_window: int | None = Field(
+        None, ge=1, description="count co-occurring pairs at most this far apart; None = max_len")
+    n_centers: int = Field(50, ge=1, description="k-means interest centres per modality (K)")
+    kmeans_backend: Literal["torch", "faiss"] = Field("torch", description="k-means implementation")
+    kmeans_seed: int = Field(100, description="k-means seed (fixed, independent of the run seed)")
+    image_weight: float = Field(
+        0.1, ge=0, le=1, description="weight w of the 'image' branch (code mb = 0.1); the other modalities "
+                                     "share 1 - w equally")
+    mm_weights: dict[str, float] | None = Field(
+        None, description="explicit weight per modality (normalised to sum 1); overrides image_weight")
+    id_weight: float = Field(0.6, ge=0, description="fusion weight of the ID branch (variant sgp4sr; code 0.6)")
+    id_input_exponent: float = Field(0.9, description="ID-branch input scale d ** exponent (code 0.9)")
+    center_mask: Literal["padding", "official_tril"] = Field(
+        "padding", description="centres see every item (padding) or centre c only the first c + 1 items (code)")
+    assign: Literal["gumbel", "softmax"] = Field(
+        "gumbel", description="soft centre assignment in training: Gumbel-softmax (code) or softmax; "
+                              "evaluation always uses the softmax")
+    share_layers: bool = Field(True, description="one block stack for every branch and the centres (code)")
+    modalities: list[str] | None = Field(None, description="modalities used as branches; None = all")
+    graph_backend: Literal["auto", "torch", "faiss", "ivf"] = Field("auto", description="kNN search backend")
+
+
+@MODELS.register("mdsrec")
+class MDSRec(SequentialRecommender):
+    """Per-modality relation graphs, interest-centralised attention, fused and per-modality heads."""
+
+    Config = MDSRecConfig
+    min_modalities = 1
+    # The centres attend to the whole input sequence, so in a window the centre term of position t would
+    # see items after t: training uses one sample per prefix (as the official RecBole setup) instead.
+    causal = False
+
+    def __init__(self, config: MDSRecConfig, data: TrainingData):
+        super().__init__(config, data)
+        names = sorted(config.modalities if config.modalities is not None else data.modalities)
+        unknown = [n for n in names if n not in data.modalities]
+        if unknown or not names or ID in names:
+            raise ConfigError(
+                f"mdsrec.modalities must name modalities of dataset '{data.name}' (not '{ID}'); got "
+                f"{config.modalities}, available: {', '.join(sorted(data.modalities))}.")
+        self.names = names
+        d = config.embedding_size
+        self.dim = d
+        self.weights = modality_weights(names, config.image_weight, "image", config.mm_weights)
+        self.use_id = config.variant == "sgp4sr"
+        self.branches = [*names, ID] if self.use_id else list(names)
+
+        # RGC (Eq. 1-4), from the training sequences and the item features only
+        indptr, items = data.sequences()
+        window = config.cooc_window or config.max_len
+        self.cooc = cooccurrence(indptr, items, self.n_items, window)       # raw, symmetric (Eq. 1)
+        cooc_hat = row_l2_normalize(self.cooc)
+        self.graphs = nn.ModuleDict()
+        self.centre_maps = nn.ModuleDict()
+        self.graph_stats: dict[str, dict[str, float]] = {}
+        for m in names:
+            mod = data.modalities[m]
+            a, stats = relation_graph(mod, cooc_hat, config.knn_k, config.miu_m, config.miu_c,
+                                      config.graph_backend)
+            self.graphs[m] = SparseOperator(a, symmetric=False)
+            have = np.flatnonzero(mod.available)
+            labels = (kmeans_labels(mod.values[have], config.n_centers, seed=config.kmeans_seed,
+                                    backend=config.kmeans_backend) if len(have) else np.zeros(0, np.int64))
+            pi = membership(labels, have, self.n_items)
+            if pi.shape[0] == 0:  # no item has this feature: one centre, the mean of all items
+                pi = sp.csr_matrix(np.full((1, self.n_items), 1.0 / self.n_items, dtype=np.float32))
+            self.centre_maps[m] = SparseOperator(pi, symmetric=False)
+            self.graph_stats[m] = {**stats, "centres": int(pi.shape[0])}
+        if self.use_id:
+            self.cooc_op = SparseOperator(cooc_hat, symmetric=False)
+
+        self.embedding = nn.Embedding(self.n_items + 1, d, padding_idx=PAD)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        with torch.no_grad():
+            self.embedding.weight[PAD].zero_()
+        self.position = nn.Embedding(config.max_len, d)
+        nn.init.normal_(self.position.weight, std=0.02)
+        self.dropout = nn.Dropout(config.dropout)
+        n_stacks = 1 if config.share_layers else len(self.branches)
+        self.stacks = nn.ModuleList(
+            nn.ModuleList(Block(d, config.n_heads, config.dropout) for _ in range(config.n_layers))
+            for _ in range(n_stacks))
+        for stack in self.stacks:
+            for block in stack:  # RecBole's _init_weights reaches the attention's output Linear
+                nn.init.normal_(block.attn.out_proj.weight, std=0.02)
+                nn.init.zeros_(block.attn.out_proj.bias)
+        self.norm_out = nn.LayerNorm(d, eps=1e-8)
+        self.register_buffer("causal_mask", torch.triu(torch.ones(config.max_len, config.max_len, dtype=torch.bool), 1),
+                             persistent=False)
+        self._tables_cache: dict[str, torch.Tensor] | None = None
+
+    # item side ------------------------------------------------------------------------------------
+    def tables(self) -> dict[str, torch.Tensor]:
+        """Item tables ``(n_items, d)``: ``"E"`` the ID embeddings, ``H_m`` per modality (Eq. 4), ``"id"``
+        = ``C_hat E`` (sgp4sr), and the centres ``"centres:<m>"`` = ``Pi_m H_m`` (Eq. 5). Cached between
+        :meth:`prepare_scoring` and the next training step (only used while not training)."""
+        if self._tables_cache is not None and not self.training:
+            return self._tables_cache
+        e = self.embedding.weight[1:]
+        out = {"E": e}
+        for m in self.names:
+            out[m] = self.graphs[m](e)
+            out[f"centres:{m}"] = self.centre_maps[m](out[m])
+        if self.use_id:
+            out[ID] = self.cooc_op(e)
+        return out
+
+    def item_embeddings(self) -> torch.Tensor:
+        """``[E | H_1 | ... | H_M]`` ``(n_items, (M + 1) d)``: with :meth:`encode_parts` the score is one dot
+        product (Eq. 12)."""
+        t = self.tables()
+        return torch.cat([t["E"], *(t[m] for m in self.names)], dim=1)
+
+    @torch.no_grad()
+    def prepare_scoring(self) -> None:
+        self._tables_cache = None
+        self._tables_cache = self.tables()
+        self._item_cache = self.item_embeddings()
+
+    # sequence side --------------------------------------------------------------------------------
+    def input_parts(self, seqs: torch.Tensor, tables: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """One ``(B, L, d)`` input per branch (Eq. 6 without positions): ``sqrt(d) H_m[s]`` per modality and,
+        for sgp4sr, ``"id"`` = ``d ** 0.9 (C_hat E)[s]``; zero at padding."""
+        t = tables if tables is not None else self.tables()
+        idx = (seqs - 1).clamp(min=0)
+        keep = (seqs != PAD).unsqueeze(-1).to(t["E"].dtype)
+        scale = {m: self.dim ** 0.5 for m in self.names}
+        if self.use_id:
+            scale[ID] = self.dim ** self.config.id_input_exponent
+        return {b: scale[b] * t[b][idx] * keep for b in self.branches}
+
+    def _masks(self, seqs: torch.Tensor, n_centres: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocked-attention masks: sequence ``(B, L, L)`` (causal + padded keys; a position always sees
+        itself, so no row is empty) and centres ``(B, K, L)`` (``center_mask``)."""
+        B, L = seqs.shape
+        pad = seqs == PAD
+        eye = torch.eye(L, dtype=torch.bool, device=seqs.device)
+        seq_blocked = (self.causal_mask[-L:, -L:][None] | pad[:, None, :]) & ~eye[None]
+        cen_blocked = pad[:, None, :].expand(B, n_centres, L).clone()
+        if self.config.center_mask == "official_tril":
+            start = L - (~pad).sum(1, keepdim=True)                          # first item of each sequence
+            rel = torch.arange(L, device=seqs.device)[None] - start          # item index from the start
+            cen_blocked |= rel[:, None, :] > torch.arange(n_centres, device=seqs.device)[None, :, None]
+        empty = cen_blocked.all(-1)
+        cen_blocked[..., -1] &= ~empty                                       # an empty session: its last slot
+        return seq_blocked, cen_blocked
+
+    def _branch_outputs(self, parts: dict[str, torch.Tensor], seqs: torch.Tensor,
+                        tables: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Fused ``(B, L, d)`` (Eq. 11) and per-modality ``F_m`` ``(B, L, d)`` (Eq. 10) at every position."""
+        B, L = seqs.shape
+        keep = (seqs != PAD).unsqueeze(-1).to(parts[self.branches[0]].dtype)
+        pos = self.position.weight[-L:][None]
+        fused, per_mod = 0.0, {}
+        seq_blocked = None
+        for i, b in enumerate(self.branches):
+            stack = self.stacks[0 if len(self.stacks) == 1 else i]
+            x = self.dropout(parts[b] + pos) * keep                          # Eq. 6
+            if b == ID:
+                seq_blocked = seq_blocked if seq_blocked is not None else self._masks(seqs, 1)[0]
+                for block in stack:
+                    x = block.sequence(x, seq_blocked, keep)
+                fused = fused + self.config.id_weight * x
+                continue
+            z = tables[f"centres:{b}"]
+            seq_blocked, cen_blocked = self._masks(seqs, len(z))
+            c = self.dropout((self.dim ** 0.5 * z).expand(B, -1, -1))       # Eq. 6, centres
+            logits = x @ c.transpose(1, 2)                                    # Eq. 7 (layer-0 inputs)
+            if self.training and self.config.assign == "gumbel":
+                g = nn.functional.gumbel_softmax(logits, tau=1.0, hard=False)
+            else:
+                g = torch.softmax(logits, dim=-1)
+            for block in stack:                                               # Eq. 8-9
+                c, x = block.centres(c, x, cen_blocked), block.sequence(x, seq_blocked, keep)
+            per_mod[b] = self.norm_out(x + g @ c)                            # Eq. 10
+            fused = fused + self.weights[b] * x
+        return self.norm_out(fused), per_mod                                  # Eq. 11
+
+    def _heads(self, parts: dict[str, torch.Tensor], seqs: torch.Tensor, tables: dict[str, torch.Tensor], *,
+               all_positions: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # Columns that are padding in every row are cut first: positions count from the end and padded keys
+        # are masked, so the outputs are unchanged, and short prefixes (most of them) cost far less.
+        used = (seqs != PAD).any(0)
+        cut = int(used.to(torch.int8).argmax()) if bool(used.any()) else seqs.shape[1] - 1
+        if cut:
+            seqs, parts = seqs[:, cut:], {k: v[:, cut:] for k, v in parts.items()}
+        fused, per_mod = self._branch_outputs(parts, seqs, tables)
+        if all_positions:
+            keep = (seqs != PAD).unsqueeze(-1).to(fused.dtype)
+            back = [0, 0, cut, 0]
+            return (nn.functional.pad(fused * keep, back),
+                    {m: nn.functional.pad(f * keep, back) for m, f in per_mod.items()})
+        return fused[:, -1], {m: f[:, -1] for m, f in per_mod.items()}      # left padding: last = latest
+
+    def encode_parts(self, parts: dict[str, torch.Tensor], seqs: torch.Tensor, *,
+                     all_positions: bool = False) -> torch.Tensor:
+        """``[u | w_1 u_1 | ... | w_M u_M]`` ``((B, (M + 1) d)``; ``(B, L, .)`` with ``all_positions``, where
+        the centre term of a position uses the whole sequence). Its dot product with
+        :meth:`item_embeddings` is the score of Eq. 12."""
+        u, per_mod = self._heads(parts, seqs, self.tables(), all_positions=all_positions)
+        return torch.cat([u, *(self.weights[m] * per_mod[m] for m in self.names)], dim=-1)
+
+    # training -------------------------------------------------------------------------------------
+    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Eq. 13: ``CE(u E^T) + sum_m w_m CE(u_m H_m^T)`` at the last position of each prefix (full softmax,
+        or sampled softmax per head with ``loss_type: sampled``)."""
+        self._item_cache = None
+        self._tables_cache = None
+        seqs, targets = batch["seqs"], batch["targets"]
+        if targets.dim() != 1:
+            raise ValueError("mdsrec trains on prefixes (one target per sequence), not on windows")
+        t = self.tables()
+        u, per_mod = self._heads(self.input_parts(seqs, t), seqs, t)
+        out = {"loss_fused": self.logits_loss(u, targets, t["E"])}
+        total = out["loss_fused"]
+        for m in self.names:
+            out[f"loss_{m}"] = self.logits_loss(per_mod[m], targets, t[m])
+            total = total + self.weights[m] * out[f"loss_{m}"]
+        return {"loss": total, **out}
+
+    def extra_info(self) -> dict[str, object]:
+        return {"variant": self.config.variant, "branches": self.branches,
+                "modality_weights": self.weights, "cooccurrence_nnz": int(self.cooc.nnz),
+                "cooc_window": self.config.cooc_window or self.config.max_len, "graphs": self.graph_stats}
