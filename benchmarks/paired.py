@@ -18,7 +18,8 @@ from prismrec.runs import load_per_user
 
 
 def seed_runs(root: Path, model: str, layout: str) -> dict[str, Path]:
-    pattern = f"{model}/final/*/seed-*" if layout == "tune" else f"{model}*/seed-*"
+    # compare layout: MODEL is the entry's folder name exactly (sasrec must not match sasrecf)
+    pattern = f"{model}/final/*/seed-*" if layout == "tune" else f"{model}/seed-*"
     return {p.name: p for p in sorted(root.glob(pattern)) if (p / "per_user_test.npz").is_file()}
 
 

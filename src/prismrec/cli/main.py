@@ -11,7 +11,10 @@ Contract (see docs/cli.md):
 * ``prismrec tune`` grid-searches on validation, then runs the chosen setting over several seeds;
 * ``prismrec significance RUN_A RUN_B`` runs a paired test; ``prismrec models`` lists models;
 * ``prismrec explain RUN_DIR --user RAW_ID [-k 5] [--plot PNG]`` attributes a sequential model's
-  recommendations to history items and modalities.
+  recommendations to history items and modalities;
+* ``prismrec pretrain`` / ``prismrec adapt`` / ``prismrec transfer-report``: ANT transfer (docs/models/ant.md);
+* ``prismrec features`` / ``prismrec export`` / ``prismrec serve``: raw items to features, serving bundles, the
+  REST service (docs/features.md, docs/serving.md).
 
 User errors exit with status 2 and a one-paragraph message; ``--debug`` shows the traceback.
 """
@@ -362,6 +365,199 @@ def evaluate_features(
     if out is not None:
         write_json(out, rep.as_dict())
         _print(f"\nsaved {out}")
+
+
+@app.command()
+def features(
+    modality: str = typer.Option(..., "--modality", help="text, image, caption or price"),
+    out: Path = typer.Option(..., "--out", "-o", help="FILE.npz (id-keyed) or DATA_DIR/<name>_feat.npy (row-aligned)"),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="dataset folder or name (its item table is read)"),
+    items: Optional[Path] = typer.Option(None, "--items", help="or: a CSV/TSV/JSONL/Parquet item table with item_id"),
+    encoder: Optional[str] = typer.Option(None, "--encoder", help="encoder spec (default per modality; docs/features.md)"),
+    column: Optional[str] = typer.Option(None, "--column", help="input column (default: text/title, image, price)"),
+    image_root: Optional[Path] = typer.Option(None, "--image-root", help="folder relative image paths start from"),
+    captioner: Optional[str] = typer.Option(None, "--captioner", help="local transformers image-to-text model (caption)"),
+    text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="text encoder for captions"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="resumable cache folder (default OUT_DIR/.prismrec-cache)"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the cache"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first N items (for trials)"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads"),
+) -> None:
+    """Encode raw item text, images, captions or prices into a feature file any model can use."""
+    from ..errors import PrismrecError
+    from ..features.encoders import build_encoder
+    from ..features.extract import extract, pick_column, read_items
+
+    if (data is None) == (items is None):
+        raise PrismrecError("give exactly one of --data (a dataset) or --items (an item table).")
+    if modality not in ("text", "image", "caption", "price"):
+        raise PrismrecError(f"unknown --modality {modality!r}. Fix: --modality text, image, caption or price.")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    order = None
+    if data is not None:
+        from ..data import read_dataset
+        from ..config import DataConfig
+
+        ds = read_dataset(data, DataConfig())
+        table = ds.items.copy()
+        table["item_id"] = ds.item_ids.astype(str)
+        order = ds.item_ids
+        root = image_root or Path(ds.source.get("path", ".") if isinstance(ds.source, dict) else ".")
+        name = ds.name
+    else:
+        table = read_items(items)
+        root = image_root or items.parent
+        name = items.stem
+    if limit:
+        table, order = table.iloc[:limit].reset_index(drop=True), None
+    col = pick_column(table, modality, column)
+    stats = None
+    if modality == "price":
+        from ..features.encoders import PriceEncoder
+
+        stats = PriceEncoder(encoder or "log-quantile").fit(table[col].tolist()).settings
+    enc = build_encoder(modality, encoder, captioner=captioner, text_spec=text_encoder, image_root=root,
+                        batch_size=batch_size, price_stats=stats)
+    cache_dir = None if no_cache else (cache or out.expanduser().parent / ".prismrec-cache")
+    res = extract(table, enc, column=col, modality=modality, out=out, cache_dir=cache_dir, batch_size=batch_size,
+                  image_root=root, dataset=name, progress=_progress(), item_order=order)
+    m = res.manifest
+    miss = ", ".join(f"{k} {v}" for k, v in m["missing"].items()) or "none"
+    rate = f", {m['items_per_second']} items/s" if m["items_per_second"] else ""
+    _print(f"{modality}: {m['items']} items -> {m['dim']}-d with {m['encoder']} ({m['encoded_now']} encoded in "
+           f"{m['seconds']:.1f}s{rate}, {m['from_cache']} from cache); missing: {miss}")
+    _print(f"wrote {res.out} and {res.out.name}.manifest.json")
+
+
+def _encoder_sets(encoder: list[str]) -> list[str]:
+    """--encoder MODALITY=NAME -> ant.feature_encoders.MODALITY=NAME overrides."""
+    from ..errors import ConfigError
+
+    out = []
+    for e in encoder:
+        if "=" not in e:
+            raise ConfigError(f"--encoder {e!r} is not MODALITY=NAME. Example: --encoder text=all-MiniLM-L6-v2")
+        m, name = e.split("=", 1)
+        out.append(f"ant.feature_encoders.{m.strip()}={json.dumps(name.strip())}")
+    return out
+
+
+@app.command()
+def pretrain(
+    data: list[str] = typer.Option(..., "--data", "-d", help="source dataset (repeatable: several domains)"),
+    out: Path = typer.Option(..., "--out", "-o", help="directory for model.pt and pretrain.json"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="number of pre-training epochs"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    config: list[Path] = typer.Option([], "--config", "-c"),
+    set_: list[str] = typer.Option([], "--set", "-s", help="override KEY=VALUE (ant.*, train.*, data.*)"),
+    encoder: list[str] = typer.Option([], "--encoder", help="declare MODALITY=ENCODER for data recording none"),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """ANT multi-domain pre-training (batches mix the domains); refuses to mix feature spaces."""
+    from ..train.transfer import pretrain as run_pretrain
+
+    meta = run_pretrain(data, out, config_files=config, overrides=[*_encoder_sets(encoder), *set_], seed=seed,
+                        epochs=epochs, device=device, progress=_progress())
+    mods = ", ".join(f"{m} ({s['encoder']}, {s['dim']}-d)" for m, s in meta["modalities"].items())
+    _print(f"pre-trained ANT on {', '.join(s['name'] for s in meta['sources'])} [{mods}]: {meta['epochs_run']} epochs, "
+           f"{meta['epoch_seconds']:.2f}s/epoch, best training loss {meta['best_loss']:.4f} at epoch {meta['best_epoch']}")
+    _print(f"saved in {out}")
+
+
+@app.command()
+def adapt(
+    pretrained: Path = typer.Option(..., "--pretrained", "-p", help="directory written by prismrec pretrain"),
+    data: str = typer.Option(..., "--data", "-d", help="target dataset"),
+    strategy: str = typer.Option("relearn", "--strategy", help="relearn | finetune | adaptor | scratch"),
+    out: Path = typer.Option(..., "--out", "-o", help="run directory to create (or to resume)"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="maximum number of epochs"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    config: list[Path] = typer.Option([], "--config", "-c"),
+    set_: list[str] = typer.Option([], "--set", "-s", help="override KEY=VALUE"),
+    encoder: list[str] = typer.Option([], "--encoder", help="declare MODALITY=ENCODER for data recording none"),
+    resume: bool = typer.Option(False, "--resume"),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Adapt a pre-trained ANT to a target dataset; writes a run directory like prismrec train."""
+    from ..train.transfer import adapt as run_adapt
+
+    run = run_adapt(pretrained, data, strategy, out, config_files=config, overrides=[*_encoder_sets(encoder), *set_],
+                    seed=seed, epochs=epochs, resume=resume, progress=_progress(), device=device)
+    m = run.metrics
+    _print(_metrics_table(m["test"], title=f"ant ({strategy}) on {m['dataset']}: test at best epoch {m['best_epoch']} "
+                                           f"(of {m['epochs_run']}, {m['train_seconds']:.1f}s)"))
+    _print(f"run saved in {out}")
+
+
+@app.command("transfer-report")
+def transfer_report(
+    run_dirs: list[Path] = typer.Argument(..., help="finished prismrec adapt runs (every strategy and seed)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for transfer.md/.json/.png"),
+    metrics: str = typer.Option("recall@10,recall@50,ndcg@10,ndcg@50", "--metrics"),
+    no_plot: bool = typer.Option(False, "--no-plot"),
+) -> None:
+    """Each strategy against scratch per target: mean +- std, difference, paired test, negative-transfer flag."""
+    from ..train.transfer import transfer_report as report, write_report
+
+    ms = [x.strip().lower() for x in metrics.split(",") if x.strip()]
+    if out is not None:
+        md, png = write_report(run_dirs, out, metrics=ms, plot=not no_plot)
+        _print(md)
+        _print(f"\nsaved {out}/transfer.md, transfer.json" + (f", {png.name}" if png else ""))
+    else:
+        md, _ = report(run_dirs, metrics=ms)
+        _print(md)
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="a finished run directory"),
+    out: Path = typer.Option(..., "--out", "-o", help="bundle directory to create"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the files of an existing bundle"),
+) -> None:
+    """Write a self-contained serving bundle (item/user vectors, id maps, titles, config, weights)."""
+    from ..serve.bundle import export_bundle, load_bundle
+
+    path = export_bundle(run_dir, out, overwrite=overwrite)
+    b = load_bundle(path)
+    _print(f"bundle {path}: {b.meta['model']} on {b.meta['dataset']}, {len(b.item_ids)} items x {b.meta['dim']}-d, "
+           f"{len(b.user_ids)} users; serve it with: PRISMREC_API_KEY=... prismrec serve {path}")
+
+
+@app.command()
+def serve(
+    bundle: Path = typer.Argument(..., help="a bundle directory made by prismrec export"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    state: Optional[Path] = typer.Option(None, "--state", help="folder for added items (default BUNDLE/state)"),
+    ann_threshold: int = typer.Option(50_000, "--ann-threshold", min=1,
+                                      help="catalogues of at least this many items use an ANN (IVF) index"),
+    max_k: int = typer.Option(100, "--max-k", min=1, help="largest k a request may ask for"),
+    max_body_mb: float = typer.Option(8.0, "--max-body-mb", min=0.01, help="largest request body (MiB)"),
+    workers_threads: int = typer.Option(1, "--threads", min=1, help="torch/FAISS threads per request"),
+    cold_start: str = typer.Option("knn", "--cold-start",
+                                   help="placing added items: knn (feature neighbours) or model (LIRDRec's item tower)"),
+) -> None:
+    """Serve a bundle over HTTP (FastAPI; API key from PRISMREC_API_KEY in the X-API-Key header)."""
+    from ..errors import PrismrecError
+    from ..serve.app import ServeSettings, create_app
+
+    key = os.environ.get("PRISMREC_API_KEY", "")
+    if not key:
+        raise PrismrecError("PRISMREC_API_KEY is not set. Fix: export PRISMREC_API_KEY=<a secret>; clients send it "
+                            "in the X-API-Key header.")
+    try:
+        import uvicorn
+    except ImportError:
+        raise PrismrecError("prismrec serve needs uvicorn and fastapi. Fix: pip install 'prismrec[serve]'.") from None
+    settings = ServeSettings(api_key=key, state_dir=state, ann_threshold=ann_threshold, max_k=max_k,
+                             max_body_bytes=int(max_body_mb * 2 ** 20), threads=workers_threads, cold_start=cold_start)
+    uvicorn.run(create_app(bundle, settings), host=host, port=port, timeout_keep_alive=30,
+                log_level="warning" if _STATE["quiet"] else "info")
 
 
 def _metrics_table(metrics: dict, title: str) -> str:

@@ -1,0 +1,73 @@
+"""Maximum inner-product retrieval over item vectors with FAISS: exact for small catalogues, IVF for large.
+
+* fewer than ``ann_threshold`` items: ``IndexFlatIP`` (exact, the model's own ranking);
+* otherwise ``IndexIVFFlat`` (inner product) with ``nlist = 4 sqrt(n)`` lists trained on the catalogue and
+  ``nprobe`` lists searched per query (recall against exact search is measured in
+  ``benchmarks/issue6_serve_load.py``).
+
+Rows are addressed by their position (the service's internal item row); an updated row is removed and
+added again. Searches ask for extra candidates so that filtered (seen) items can be dropped and
+``k`` results still come back; when too few survive, the search is repeated with more.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterable
+
+import numpy as np
+
+from ..errors import PrismrecError
+
+
+class ItemIndex:
+    def __init__(self, vectors: np.ndarray, *, ann_threshold: int = 50_000, nprobe: int = 64, threads: int = 1,
+                 seed: int = 0):
+        try:
+            import faiss
+        except ImportError:
+            raise PrismrecError("serving needs faiss. Fix: pip install 'prismrec[serve]' (faiss-cpu).") from None
+        self.faiss = faiss
+        faiss.omp_set_num_threads(threads)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        n, d = vectors.shape
+        self.dim = d
+        self.lock = threading.RLock()
+        if n >= ann_threshold:
+            nlist = int(4 * np.sqrt(n))
+            quant = faiss.IndexFlatIP(d)
+            index = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            rng = np.random.default_rng(seed)
+            train = vectors[rng.choice(n, min(n, 64 * nlist), replace=False)]
+            index.train(train)
+            index.nprobe = min(nprobe, nlist)
+            self.kind = f"ivf{nlist},nprobe={index.nprobe}"
+            self.index = index
+        else:
+            self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
+            self.kind = "flat (exact)"
+        self.index.add_with_ids(vectors, np.arange(n, dtype=np.int64))
+        self.size = n
+
+    def upsert(self, row: int, vector: np.ndarray) -> None:
+        v = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
+        with self.lock:
+            if row < self.size:
+                self.index.remove_ids(np.asarray([row], dtype=np.int64))
+            self.index.add_with_ids(v, np.asarray([row], dtype=np.int64))
+            self.size = max(self.size, row + 1)
+
+    def search(self, query: np.ndarray, k: int, exclude: Iterable[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` rows by inner product with ``query``, skipping ``exclude``; (rows, scores)."""
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        excl = set(int(e) for e in exclude)
+        want = min(k + len(excl), self.index.ntotal)
+        while True:
+            with self.lock:
+                scores, rows = self.index.search(q, want)
+            keep = [(r, s) for r, s in zip(rows[0], scores[0]) if r >= 0 and int(r) not in excl]
+            if len(keep) >= k or want >= self.index.ntotal:
+                keep = keep[:k]
+                return (np.asarray([r for r, _ in keep], dtype=np.int64),
+                        np.asarray([s for _, s in keep], dtype=np.float32))
+            want = min(self.index.ntotal, want * 2 + k)
