@@ -91,6 +91,21 @@ def _knn_torch(x: np.ndarray, k: int, exclude_self: bool) -> tuple[np.ndarray, n
     return out_i, out_s
 
 
+def inner_product_index(faiss, x: np.ndarray, *, ivf: bool, nprobe: int, seed: int = 0):
+    """An empty FAISS inner-product index for the rows of ``x``: exact (flat) or IVF with
+    ``nlist = 4 sqrt(n)`` lists (at least 39 training points per list), trained on a seeded sample of
+    ``x`` and searched with ``min(nprobe, nlist)`` lists. Shared by the kNN graphs and serving."""
+    n, d = x.shape
+    if not ivf:
+        return faiss.IndexFlatIP(d)
+    nlist = int(max(1, min(65536, 4 * np.sqrt(n), n // 39)))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(seed)
+    index.train(x[rng.choice(n, size=min(n, 64 * nlist), replace=False)])
+    index.nprobe = min(nprobe, nlist)
+    return index
+
+
 def _knn_faiss(x: np.ndarray, k: int, exclude_self: bool, kind: str, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
     try:
         import faiss
@@ -100,16 +115,7 @@ def _knn_faiss(x: np.ndarray, k: int, exclude_self: bool, kind: str, nprobe: int
         raise PrismrecError("the faiss backend needs FAISS: pip install faiss-cpu (or prismrec[faiss]).") from exc
     n, d = x.shape
     kk = k + (1 if exclude_self else 0)
-    if kind == "exact":
-        index = faiss.IndexFlatIP(d)
-    else:
-        nlist = int(max(1, min(65536, 4 * np.sqrt(n), n // 39)))  # FAISS wants >= 39 points per list
-        quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(0)
-        train = x[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
-        index.train(train)
-        index.nprobe = nprobe
+    index = inner_product_index(faiss, x, ivf=kind != "exact", nprobe=nprobe)
     index.add(x)
     sims = np.empty((n, kk), dtype=np.float32)
     idx = np.empty((n, kk), dtype=np.int64)

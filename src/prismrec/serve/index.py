@@ -18,6 +18,7 @@ from typing import Iterable
 import numpy as np
 
 from ..errors import PrismrecError
+from ..graphs.knn import inner_product_index
 
 
 class ItemIndex:
@@ -34,14 +35,8 @@ class ItemIndex:
         self.dim = d
         self.lock = threading.RLock()
         if n >= ann_threshold:
-            nlist = int(4 * np.sqrt(n))
-            quant = faiss.IndexFlatIP(d)
-            index = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
-            rng = np.random.default_rng(seed)
-            train = vectors[rng.choice(n, min(n, 64 * nlist), replace=False)]
-            index.train(train)
-            index.nprobe = min(nprobe, nlist)
-            self.kind = f"ivf{nlist},nprobe={index.nprobe}"
+            index = inner_product_index(faiss, vectors, ivf=True, nprobe=nprobe, seed=seed)
+            self.kind = f"ivf{index.nlist},nprobe={index.nprobe}"
             self.index = index
         else:
             self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
