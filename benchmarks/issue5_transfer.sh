@@ -4,6 +4,10 @@
 # Settings (no item shared between source and target):
 #   A. movies (MovieLens-1M, MiniLM text of title + genres)  ->  Amazon Scientific (scientific_mm)
 #   B. Amazon Scientific (scientific, MiniLM text)           ->  movies (MovieLens-100K)
+#   C. multi-domain: {movies (MovieLens-100K), Amazon Scientific without scientific_mm's items} -> scientific_mm,
+#      against each source alone (the second source is derived by benchmarks/make_disjoint_domain.py:
+#      4,857 users, 2,797 items, no item of the target). Strategies STRATS_C (default finetune relearn) and
+#      scratch, which does not depend on the source and is run once and shared by the three settings.
 # plus the modality ablation on target A (text only vs text + image; the image adaptor is new at adaptation,
 # since the movie source has no images).
 #
@@ -12,7 +16,8 @@
 #
 # Usage: DATA=/work/shared/data OUT=bench_out/transfer SEEDS="0 1 2" EPOCHS=20 PRE_EPOCHS=5 bash benchmarks/issue5_transfer.sh
 # Then:  python benchmarks/collect_transfer.py $OUT   (tables + seconds per epoch)
-# Measured (issue 5): PART=A PRE_EPOCHS=3 EPOCHS=20 and PART=B PRE_EPOCHS=10 EPOCHS=15 (two shells), SEEDS="0 1 2".
+# Measured (issue 5): PART=A PRE_EPOCHS=3 EPOCHS=20 and PART=B PRE_EPOCHS=10 EPOCHS=15 (two shells), SEEDS="0 1 2";
+#   PART=C PRE_EPOCHS=10 EPOCHS=60 PATIENCE=10 SEEDS="0 1 2" (multi-domain).
 # Longer-budget check of setting A (seed 0, 60 epochs, patience 10; one shell per strategy):
 #   mkdir -p bench_out/transfer_long && cp -r bench_out/transfer/pre_movies bench_out/transfer_long/
 #   PART=A SEEDS=0 EPOCHS=60 PATIENCE=10 STRATS=scratch STRATS_MM="" OUT=bench_out/transfer_long bash benchmarks/issue5_transfer.sh
@@ -31,13 +36,25 @@ STRATS=${STRATS:-"scratch finetune adaptor relearn"}
 STRATS_MM=${STRATS_MM-"scratch relearn"}   # strategies of the text + image ablation
 mkdir -p "$OUT"
 
-PART=${PART:-all}             # A, B or all (A and B can run in parallel, in two shells)
+PART=${PART:-all}             # A, B, C or all (they can run in parallel, in separate shells)
 
-# ---- pre-training (skipped when already done)
-[[ $PART == B ]] || [ -f "$OUT/pre_movies/pretrain.json" ] || $PR pretrain --data "$DATA/movielens/ml-1m" --out "$OUT/pre_movies" \
-    --epochs "$PRE_EPOCHS" "${ENC[@]}" "${COMMON[@]}" --set ant.modalities=[text]
-[[ $PART == A ]] || [ -f "$OUT/pre_scientific/pretrain.json" ] || $PR pretrain --data "$DATA/scientific" --out "$OUT/pre_scientific" \
-    --epochs "$PRE_EPOCHS" "${ENC[@]}" "${COMMON[@]}" --set ant.modalities=[text]
+# ---- pre-training (resumed when killed, skipped when already done)
+pre() {  # pre OUT_NAME SOURCE [SOURCE ...]
+  local name=$1; shift
+  local r=() d=(); [ -f "$OUT/$name/pretrain_request.json" ] && r=(--resume)
+  for s in "$@"; do d+=(--data "$s"); done
+  [ -f "$OUT/$name/pretrain.json" ] || $PR pretrain "${d[@]}" --out "$OUT/$name" --epochs "$PRE_EPOCHS" \
+      "${ENC[@]}" "${COMMON[@]}" --set ant.modalities=[text] "${r[@]}"
+}
+[[ $PART == B || $PART == C ]] || pre pre_movies "$DATA/movielens/ml-1m"
+[[ $PART == A || $PART == C ]] || pre pre_scientific "$DATA/scientific"
+REST=$OUT/data/scientific_rest
+if [[ $PART == C || $PART == all ]]; then
+  [ -d "$REST" ] || ${PY:-python} benchmarks/make_disjoint_domain.py "$DATA/scientific" "$DATA/scientific_mm" "$REST"
+  pre pre_c_multi "$DATA/movielens/ml-100k" "$REST"
+  pre pre_c_ml100k "$DATA/movielens/ml-100k"
+  pre pre_c_scirest "$REST"
+fi
 
 run_one() {  # run_one PRE TARGET_DIR NAME STRATEGY SEED [extra args ...]
   local pre=$1 target=$2 name=$3 s=$4 seed=$5; shift 5
@@ -50,7 +67,7 @@ run_one() {  # run_one PRE TARGET_DIR NAME STRATEGY SEED [extra args ...]
 
 # Seeds outermost, so a cut-short run of this script leaves complete seeds.
 for seed in $SEEDS; do
-  if [[ $PART != B ]]; then
+  if [[ $PART == A || $PART == all ]]; then
     # ---- A: movies -> scientific_mm, text only
     for s in $STRATS; do run_one pre_movies "$DATA/scientific_mm" movies_to_scientific_mm_text "$s" "$seed"; done
     # ---- A, modality ablation: text + image on the target (the image adaptor is new: the source has no images)
@@ -59,13 +76,25 @@ for seed in $SEEDS; do
           --set ant.modalities=[image,text]
     done
   fi
-  if [[ $PART != A ]]; then
+  if [[ $PART == B || $PART == all ]]; then
     # ---- B: scientific -> movies (MovieLens-100K), text
     for s in $STRATS; do
       EPOCHS=${EPOCHS_B:-$EPOCHS} run_one pre_scientific "$DATA/movielens/ml-100k" scientific_to_ml100k_text "$s" "$seed"
     done
   fi
 done
+
+# ---- C: multi-domain vs single-source pre-training -> scientific_mm (text)
+if [[ $PART == C || $PART == all ]]; then
+  for seed in $SEEDS; do
+    run_one pre_c_multi "$DATA/scientific_mm" c_multi_to_scientific_mm scratch "$seed"
+    for pre in multi ml100k scirest; do
+      for s in ${STRATS_C:-finetune relearn}; do run_one "pre_c_$pre" "$DATA/scientific_mm" "c_${pre}_to_scientific_mm" "$s" "$seed"; done
+      rd="$OUT/runs/c_${pre}_to_scientific_mm/scratch/seed-$seed"      # the shared scratch run
+      [ "$pre" = multi ] || [ -e "$rd" ] || { mkdir -p "$(dirname "$rd")" && cp -r "$OUT/runs/c_multi_to_scientific_mm/scratch/seed-$seed" "$rd"; }
+    done
+  done
+fi
 
 # ---- negative-transfer report (Markdown + PNG), one per setting
 for d in "$OUT"/runs/*/; do

@@ -146,6 +146,25 @@ def test_pretrain_checkpoint_records_provenance(pretrained_dir):
     assert not any(k.startswith("features.") for k in state)  # features are data, not weights
 
 
+def test_interrupted_pretraining_resumes_to_the_same_weights(pretrained_dir):
+    root, full, meta = pretrained_dir
+    args = ([str(root / "srca"), str(root / "srcb")],)
+    kw = {"overrides": ["max_len=8", "embedding_size=16", "n_experts=2", "train.batch_size=32", "train.threads=1"]}
+    part = root / "part"
+    pretrain(*args, part, epochs=1, **kw)                   # stands for a run killed after epoch 1
+    with pytest.raises(PrismrecError, match="--resume"):
+        pretrain(*args, part, epochs=2, **kw)               # nothing is overwritten without --resume
+    with pytest.raises(PrismrecError, match="seed"):
+        pretrain(*args, part, epochs=2, seed=7, resume=True, **kw)
+    resumed = pretrain(*args, part, epochs=2, resume=True, **kw)
+    assert resumed["epochs_run"] == 2 and resumed["best_epoch"] == meta["best_epoch"]
+    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in meta["history"]], rel=1e-5)
+    a, b = torch.load(full / "model.pt", weights_only=True), torch.load(part / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    with pytest.raises(PrismrecError, match="nothing to resume|no pre-training"):
+        pretrain(*args, root / "never", epochs=1, resume=True, **kw)
+
+
 def test_pretrain_full_softmax_and_mismatch_refused(tmp_path):
     a = _save(_domain("one", 1), tmp_path)
     b = _save(_domain("two", 2, dim=20, encoder="other-text"), tmp_path)
@@ -235,3 +254,24 @@ def test_declared_encoder_is_recorded(tmp_path):
                     overrides=[*small, "ant.feature_encoders.text=toy-text", "ant.feature_encoders.image=toy-image"])
     assert meta["modalities_by_source"]["bare"]["text"] == {"encoder": "toy-text", "dim": 12, "declared": True}
     assert meta["modalities_by_source"]["other"]["text"]["declared"] is False
+
+
+def test_report_matches_scratch_by_target_whatever_the_source(tmp_path):
+    from prismrec.train.transfer import _collect
+
+    def run(name, strategy, sources, seed, target="shop", mods=("text",)):
+        rd = tmp_path / name / f"seed-{seed}"
+        rd.mkdir(parents=True)
+        (rd / "metrics.json").write_text(json.dumps({
+            "model": "ant", "strategy": strategy, "dataset": target, "seed": seed, "pretrain_sources": sources,
+            "model_info": {"modalities": {m: {} for m in mods}}}))
+        return rd
+
+    s0 = run("scratch", "scratch", ["movies", "books"], 0)   # scratch ran with the multi-source checkpoint
+    f_multi = run("ft_multi", "finetune", ["movies", "books"], 0)
+    f_movies = run("ft_movies", "finetune", ["movies"], 0)
+    other = run("ft_img", "finetune", ["movies"], 0, mods=("image", "text"))   # other modalities: no scratch
+    groups = _collect([s0, f_multi, f_movies, other])
+    assert groups["movies+books -> shop [text]"] == {"finetune": {0: f_multi}, "scratch": {0: s0}}
+    assert groups["movies -> shop [text]"] == {"finetune": {0: f_movies}, "scratch": {0: s0}}
+    assert "scratch" not in groups["movies -> shop [image+text]"]

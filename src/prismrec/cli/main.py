@@ -456,12 +456,13 @@ def pretrain(
     set_: list[str] = typer.Option([], "--set", "-s", help="override KEY=VALUE (ant.*, train.*, data.*)"),
     encoder: list[str] = typer.Option([], "--encoder", help="declare MODALITY=ENCODER for data recording none"),
     device: Optional[str] = typer.Option(None, "--device"),
+    resume: bool = typer.Option(False, "--resume", help="continue the pre-training in --out from its last epoch"),
 ) -> None:
     """ANT multi-domain pre-training (batches mix the domains); refuses to mix feature spaces."""
     from ..train.transfer import pretrain as run_pretrain
 
     meta = run_pretrain(data, out, config_files=config, overrides=[*_encoder_sets(encoder), *set_], seed=seed,
-                        epochs=epochs, device=device, progress=_progress())
+                        epochs=epochs, device=device, progress=_progress(), resume=resume)
     mods = ", ".join(f"{m} ({s['encoder']}, {s['dim']}-d)" for m, s in meta["modalities"].items())
     _print(f"pre-trained ANT on {', '.join(s['name'] for s in meta['sources'])} [{mods}]: {meta['epochs_run']} epochs, "
            f"{meta['epoch_seconds']:.2f}s/epoch, best training loss {meta['best_loss']:.4f} at epoch {meta['best_epoch']}")

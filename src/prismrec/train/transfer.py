@@ -8,7 +8,10 @@
   (``full``), plus ``it_weight`` x the image -> text InfoNCE on the batch's target items that have
   both. Writes ``DIR/model.pt`` (state dict, weights of the epoch with the lowest training loss, as
   ANT's checkpoint monitor) and ``DIR/pretrain.json`` (settings, each modality's provenance,
-  sources, per-epoch history and seconds).
+  sources, per-epoch history and seconds). After every epoch ``DIR/pretrain_checkpoint.pt`` (weights,
+  optimiser, scheduler, best weights, history) and ``DIR/pretrain_request.json`` (the invocation) are
+  written atomically, so a killed pre-training resumes with ``resume=True`` (``--resume``) and, since
+  every epoch is seeded from (seed, epoch), ends with the same weights as an uninterrupted one.
 * :func:`adapt`: a normal ``prismrec train`` run of ``ant`` with ``pretrained`` and ``strategy`` set
   and the architecture taken from the checkpoint, so the run directory and ``metrics.json`` are the
   same as every other run's (plus ``strategy`` and ``pretrained``).
@@ -30,7 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import PrismrecError
-from ..utils.io import read_json, save_torch, write_json, write_text
+from ..utils.io import load_torch, read_json, save_torch, write_json, write_text
 from ..utils.runtime import epoch_seed, peak_rss_mb, resolve_device, seed_everything, set_threads
 
 log = logging.getLogger("prismrec")
@@ -45,10 +48,17 @@ class _Net(nn.Module):
         self.encoder = encoder
 
 
+PRETRAIN_CHECKPOINT = "pretrain_checkpoint.pt"
+PRETRAIN_REQUEST = "pretrain_request.json"
+
+
 def pretrain(sources: Sequence[str], out: str | Path, *, config_files: Sequence[str | Path] = (),
              overrides: Sequence[str] = (), seed: int | None = None, epochs: int | None = None,
-             device: str | None = None, progress: bool = False) -> dict[str, Any]:
-    """Pre-train ANT on ``sources`` (several datasets) into ``out``; returns the written metadata."""
+             device: str | None = None, progress: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Pre-train ANT on ``sources`` (several datasets) into ``out``; returns the written metadata.
+
+    ``resume``: continue the pre-training in ``out`` from its last epoch checkpoint (the sources,
+    config files, overrides and seed must be those of the first call; ``epochs`` may grow)."""
     from ..data import load_dataset
     from ..data.dataset import Modality
     from ..data.split import make_split
@@ -61,8 +71,21 @@ def pretrain(sources: Sequence[str], out: str | Path, *, config_files: Sequence[
     if not sources:
         raise PrismrecError("prismrec pretrain needs at least one --data source.")
     out = Path(out)
-    if out.is_dir() and any(out.iterdir()):
-        raise PrismrecError(f"{out} already holds files; nothing is overwritten. Fix: choose a new --out directory.")
+    request = {"sources": [str(x) for x in sources], "config_files": [str(x) for x in config_files],
+               "overrides": list(overrides), "seed": seed}
+    ck_path = out / PRETRAIN_CHECKPOINT
+    if resume:
+        if not (out / PRETRAIN_REQUEST).is_file():
+            raise PrismrecError(f"{out} holds no pre-training to resume ({PRETRAIN_REQUEST} is missing). "
+                                "Fix: drop --resume to start one.")
+        before = read_json(out / PRETRAIN_REQUEST)
+        if before != request:
+            diff = ", ".join(f"{k}: {before.get(k)!r} then, {v!r} now" for k, v in request.items() if before.get(k) != v)
+            raise PrismrecError(f"--resume must repeat the first call's arguments ({diff}). "
+                                "Fix: use the same --data, --config, --set and --seed (only --epochs may change).")
+    elif out.is_dir() and any(out.iterdir()):
+        raise PrismrecError(f"{out} already holds files; nothing is overwritten. Fix: choose a new --out "
+                            "directory, or add --resume to continue the pre-training there.")
     cfgs = [build_config("ant", s, config_files=config_files, overrides=overrides, seed=seed, epochs=epochs)
             for s in sources]
     cfg = cfgs[0]
@@ -134,13 +157,24 @@ def pretrain(sources: Sequence[str], out: str | Path, *, config_files: Sequence[
     factor, step = cfg.train.lr_scheduler
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: factor ** (e / step))
     out.mkdir(parents=True, exist_ok=True)
+    write_json(out / PRETRAIN_REQUEST, request)
     history: list[dict[str, Any]] = []
     best_loss, best_state, best_epoch = float("inf"), None, 0
     n_epochs = cfg.train.epochs
+    elapsed = 0.0
+    if resume and ck_path.is_file():
+        ck = load_torch(ck_path, map_location=dev)
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        best_state = ck["best"]
+        st = json.loads(ck["state"])
+        history, best_loss, best_epoch, elapsed = st["history"], st["best_loss"], st["best_epoch"], st["elapsed"]
+        log.info("resuming pre-training after epoch %d of %d", len(history), n_epochs)
     log.info("pre-training ANT on %s: %d items, %d training interactions, %d windows, modalities %s",
              ", ".join(names), int(offsets[-1]), len(all_items), len(sampler), ", ".join(wanted))
-    t_all = time.perf_counter()
-    for epoch in range(1, n_epochs + 1):
+    t_all = time.perf_counter() - elapsed
+    for epoch in range(len(history) + 1, n_epochs + 1):
         es = epoch_seed(cfg.seed, epoch)
         torch.manual_seed(es)
         rng = np.random.default_rng(es)
@@ -202,6 +236,10 @@ def pretrain(sources: Sequence[str], out: str | Path, *, config_files: Sequence[
         if row["loss"] < best_loss:
             best_loss, best_epoch = row["loss"], epoch
             best_state = copy.deepcopy(net.state_dict())
+        state = {"history": history, "best_loss": best_loss, "best_epoch": best_epoch,
+                 "elapsed": time.perf_counter() - t_all}
+        save_torch(ck_path, {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                             "best": best_state, "state": json.dumps(state)})
     if best_state is None:
         best_state = net.state_dict()
     save_torch(out / PRETRAIN_WEIGHTS, {k: v.cpu() for k, v in best_state.items()})
@@ -259,8 +297,12 @@ DEFAULT_METRICS = ("recall@10", "recall@50", "ndcg@10", "ndcg@50")
 
 def _collect(run_dirs: Sequence[str | Path]) -> dict[str, dict[str, dict[int, Path]]]:
     """``{setting: {strategy: {seed: run_dir}}}`` of finished ANT runs; a setting is source(s) -> target
-    [modalities], so runs with different modalities are never compared with each other."""
+    [modalities], so runs with different modalities are never compared with each other.
+
+    A from-scratch run does not depend on the source (it loads no pre-trained weights), so one set of
+    scratch runs serves every setting with the same target and modalities."""
     out: dict[str, dict[str, dict[int, Path]]] = {}
+    scratch: dict[str, dict[int, Path]] = {}
     for rd in run_dirs:
         rd = Path(rd)
         if not (rd / "metrics.json").is_file():
@@ -272,8 +314,20 @@ def _collect(run_dirs: Sequence[str | Path]) -> dict[str, dict[str, dict[int, Pa
         target = m.get("dataset", "?")
         src = "+".join(m.get("pretrain_sources", [])) or "-"
         mods = "+".join(sorted((m.get("model_info") or {}).get("modalities", {})))
-        key = (f"{src} -> {target}" if src != "-" else target) + (f" [{mods}]" if mods else "")
-        out.setdefault(key, {}).setdefault(strategy, {})[int(m.get("seed", 0))] = rd
+        tail = f" [{mods}]" if mods else ""
+        seed = int(m.get("seed", 0))
+        if strategy == "scratch":
+            scratch.setdefault(target + tail, {}).setdefault(seed, rd)
+            continue
+        key = (f"{src} -> {target}" if src != "-" else target) + tail
+        out.setdefault(key, {}).setdefault(strategy, {})[seed] = rd
+    for key, by_strat in out.items():
+        base = scratch.get(key.split(" -> ")[-1])
+        if base:
+            by_strat["scratch"] = base
+    for key, base in scratch.items():  # scratch runs with no transfer run to compare with
+        if not any(k.split(" -> ")[-1] == key for k in out):
+            out[key] = {"scratch": base}
     return out
 
 
