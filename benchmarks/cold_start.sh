@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cold-start items (issue 3): scientific_mm with the cold_items split (20 % of items held out with all
+# Cold-start items: scientific_mm with the cold_items split (20 % of items held out with all
 # their interactions; half validate, half test, so test items never occur in training). Test
 # Recall@20 is then recall on never-seen items. Resumable.
 set -euo pipefail

@@ -12,35 +12,37 @@ from pathlib import Path
 
 import pandas as pd
 
+from prismrec.report.tables import count, num, seed_summary_table
 
 ORDER = ["pop", "bpr", "lightgcn", "vbpr", "freedom", "bm3", "lirdrec", "alignrec",
          "gru4rec", "gru4recf", "sasrec", "sasrecf", "mdsrec", "demure"]
+
+
+def _setting(r: dict) -> str:
+    entry = r["entry"]
+    return f"`{entry.split('[', 1)[1].rstrip(']')}`" if "[" in entry else "`defaults`"
 
 
 def collect(root: Path, metrics: list[str]) -> str:
     rows = []
     for csv in sorted(root.glob("*/*/final/results.csv")):
         dataset, model = csv.parts[-4], csv.parts[-3]
-        r = pd.read_csv(csv).iloc[0].copy()
+        r = pd.read_csv(csv).iloc[0].to_dict()
         runs = csv.with_name("runs.csv")
         r["peak_rss_mb"] = pd.read_csv(runs)["peak_rss_mb"].max() if runs.is_file() else float("nan")
-        rows.append((dataset, model, r))
+        r["model"], r["entry"] = model, str(r["entry"])
+        rows.append((dataset, r))
     out = []
-    for dataset in dict.fromkeys(d for d, _, _ in rows):
-        out.append(f"\n**{dataset}** (test, mean ± std over seeds; setting chosen on validation)\n")
-        out.append("| model | chosen setting | " + " | ".join(metrics) + " | s/epoch | best epoch | peak RSS MB |")
-        out.append("|---|---|" + "---|" * (len(metrics) + 3))
-        sub = sorted(((m, r) for d, m, r in rows if d == dataset),
-                     key=lambda x: (ORDER.index(x[0]) if x[0] in ORDER else len(ORDER), x[0]))
-        best = {k: max(r[f"{k}_mean"] for _, r in sub) for k in metrics}
-        for model, r in sub:
-            cells = []
-            for k in metrics:
-                cell = f"{r[f'{k}_mean']:.4f} ± {r[f'{k}_std']:.4f}"
-                cells.append(f"**{cell}**" if r[f"{k}_mean"] == best[k] else cell)
-            setting = str(r["entry"]).split("[", 1)[1].rstrip("]") if "[" in str(r["entry"]) else "defaults"
-            out.append(f"| {model} | `{setting}` | " + " | ".join(cells)
-                       + f" | {r['epoch_seconds_mean']:.3f} | {r['best_epoch_mean']:.0f} | {r['peak_rss_mb']:,.0f} |")
+    for dataset in dict.fromkeys(d for d, _ in rows):
+        sub = sorted((r for d, r in rows if d == dataset),
+                     key=lambda r: (ORDER.index(r["model"]) if r["model"] in ORDER else len(ORDER), r["model"]))
+        table = seed_summary_table(
+            sub, metrics, label_of=lambda r: r["model"], best=True, lead=[("chosen setting", _setting)],
+            caption=f"\n**{dataset}** (test, mean ± std over seeds; setting chosen on validation)",
+            extra=[("s/epoch", lambda r: num(r["epoch_seconds_mean"], 3)),
+                   ("best epoch", lambda r: num(r["best_epoch_mean"], 0)),
+                   ("peak RSS MB", lambda r: count(r["peak_rss_mb"], missing_as="nan"))])
+        out.append(table.markdown())
     return "\n".join(out)
 
 

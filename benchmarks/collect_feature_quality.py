@@ -11,10 +11,12 @@ import json
 import sys
 from pathlib import Path
 
+from prismrec.report.tables import Table, num
+
 
 def main(paths: list[str]) -> None:
-    print("| dataset | features | zero-shot R@20 | zero-shot N@20 | item-kNN R@20 | item-kNN N@20 | worst masked ΔR@20 (item-kNN) |")
-    print("|---|---|---|---|---|---|---|")
+    table = Table(["dataset", "features", "zero-shot R@20", "zero-shot N@20", "item-kNN R@20", "item-kNN N@20",
+                   "worst masked ΔR@20 (item-kNN)"])
     for p in paths:
         d = json.loads(Path(p).read_text())
         name = Path(p).stem.replace("_aligned", "")
@@ -25,8 +27,9 @@ def main(paths: list[str]) -> None:
             zs, kn = get.get(("zero-shot", None)), get.get(("item-knn", None))
             drops = [r["drop_recall@20"] for r in rows if r["protocol"] == "item-knn" and r["masked"]]
             drop = f"{100 * min(drops):+.1f} %" if drops else ""
-            print(f"| {name} | {f} | {zs['metrics']['recall@20']:.4f} | {zs['metrics']['ndcg@20']:.4f} | "
-                  f"{kn['metrics']['recall@20']:.4f} | {kn['metrics']['ndcg@20']:.4f} | {drop} |")
+            table.add(name, f, num(zs["metrics"]["recall@20"]), num(zs["metrics"]["ndcg@20"]),
+                      num(kn["metrics"]["recall@20"]), num(kn["metrics"]["ndcg@20"]), drop)
+    print(table.markdown())
 
 
 if __name__ == "__main__":

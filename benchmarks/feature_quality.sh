@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Feature-quality protocols (issue 3) on every feature set we have: zero-shot, item-kNN CF and masked
+# Feature-quality protocols on every feature set we have: zero-shot, item-kNN CF and masked
 # modality, on the raw features and (--aligned) on AlignRec's stage-1 aligned features.
 set -euo pipefail
 cd "$(dirname "$0")/.."

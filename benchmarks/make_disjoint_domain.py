@@ -1,7 +1,7 @@
 """Derive a source domain that shares no item with a target: SOURCE's interactions on items the target
 lacks (matched by a key column of both folders' items.tsv, e.g. the Amazon asin).
 
-Used by the multi-domain transfer benchmark (issue 5, setting C): `scientific` without the 1,585
+Used by the multi-domain transfer benchmark (benchmarks/transfer.sh, setting C): `scientific` without the 1,585
 items of `scientific_mm` is a second source in the target's own product domain, with no target item.
 
 Usage:

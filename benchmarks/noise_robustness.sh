@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Noise robustness (issue 4): the features of a growing share of items (10 %, 30 %, 50 %, per
+# Noise robustness: the features of a growing share of items (10 %, 30 %, 50 %, per
 # modality) are replaced by random vectors (data.feature_noise: Gaussian with each modality's
 # per-dimension mean and std); Demure against SASRec-F, seeds 0,1,2, paired test vs SASRec-F.
-# The 0 % level is the main sequential table (benchmarks/issue4_seq.sh). Resumable.
+# The 0 % level is the main sequential table (benchmarks/sequential_table.sh). Resumable.
 # Usage: PRISMREC_DATA=../shared/data bash benchmarks/noise_robustness.sh [dataset]
 set -euo pipefail
 cd "$(dirname "$0")/.."

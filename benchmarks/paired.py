@@ -3,7 +3,8 @@
 Usage: python benchmarks/paired.py bench_out/topk/scientific_mm --ref freedom --models lirdrec,alignrec
        [--metrics recall@20,ndcg@20] [--layout tune|compare]
 For every seed: difference of the per-user test metric (model - ref), paired t-test and Wilcoxon
-p-values; "pooled": the per-user metric averaged over the seeds, then the same test.
+p-values; "pooled": the toolkit's rule over seeds (prismrec.report.paired, docs/evaluation.md): each
+user's metric averaged over the seeds both models ran, then the same test on users.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
-from prismrec.evaluate.significance import paired_test
+from prismrec.report.paired import paired_over_seeds
+from prismrec.report.tables import Table, ci, num, pvalue, signed
 from prismrec.runs import load_per_user
 
 
@@ -32,29 +32,20 @@ def main() -> None:
     ap.add_argument("--layout", default="tune", choices=["tune", "compare"])
     a = ap.parse_args()
     ref = seed_runs(a.root, a.ref, a.layout)
-    print(f"\nPaired tests on `{a.root.name}` against **{a.ref}** (per-user test metric, B - A)\n")
-    print("| model | metric | seed | ref | model | diff | 95% CI | t p | Wilcoxon p |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    table = Table(["model", "metric", "seed", "ref", "model", "diff", "95% CI", "t p", "Wilcoxon p"],
+                  caption=f"\nPaired tests on `{a.root.name}` against **{a.ref}** (per-user test metric, B - A)")
     for model in a.models.split(","):
         runs = seed_runs(a.root, model, a.layout)
         seeds = sorted(set(ref) & set(runs))
+        za = {s: load_per_user(ref[s]) for s in seeds}
+        zb = {s: load_per_user(runs[s]) for s in seeds}
         for metric in a.metrics.split(","):
-            pooled_a, pooled_b, users = [], [], None
-            for s in seeds + ["pooled"]:
-                if s == "pooled":
-                    if not pooled_a:
-                        continue
-                    t = paired_test(users, np.mean(pooled_a, 0), users, np.mean(pooled_b, 0), metric)
-                else:
-                    za, zb = load_per_user(ref[s]), load_per_user(runs[s])
-                    t = paired_test(za["users"], za[metric], zb["users"], zb[metric], metric)
-                    if users is None or np.array_equal(users, za["users"]):
-                        users = za["users"]
-                        if np.array_equal(za["users"], zb["users"]):
-                            pooled_a.append(za[metric])
-                            pooled_b.append(zb[metric])
-                print(f"| {model} | {metric} | {s.replace('seed-', '')} | {t.mean_a:.4f} | {t.mean_b:.4f} | "
-                      f"{t.diff:+.4f} | [{t.ci_low:+.4f}, {t.ci_high:+.4f}] | {t.t_pvalue:.3g} | {t.wilcoxon_pvalue:.3g} |")
+            groups = [(s.replace("seed-", ""), [s]) for s in seeds] + ([("pooled", seeds)] if seeds else [])
+            for name, group in groups:
+                t = paired_over_seeds([za[s] for s in group], [zb[s] for s in group], metric)
+                table.add(model, metric, name, num(t.mean_a), num(t.mean_b), signed(t.diff), ci(t.ci_low, t.ci_high),
+                          pvalue(t.t_pvalue), pvalue(t.wilcoxon_pvalue))
+    print(table.markdown())
 
 
 if __name__ == "__main__":

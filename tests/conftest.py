@@ -194,3 +194,12 @@ def cli_commands(request, tmp_path_factory):
     yield ns
     for proc in ns.procs.values():
         proc.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line saying whether the page tests ran in a real browser (headless Chromium), for CI logs."""
+    counts = {k: sum("chromium" in r.nodeid for r in terminalreporter.stats.get(k, []) if getattr(r, "nodeid", None))
+              for k in ("passed", "failed", "skipped")}
+    if any(counts.values()):
+        terminalreporter.write_line("page tests in headless Chromium: "
+                                    + ", ".join(f"{n} {k}" for k, n in counts.items()))

@@ -65,8 +65,7 @@ def check_round_trip_and_sessions(name: str, overrides: list[str] = ()) -> None:
     users = torch.tensor([0, 3, 17])
     for m in (model, fresh):
         m.eval()
-        m.use_history("test", run.split)
-        m.prepare_scoring()
+        m.prepare_scoring(run.split.history("test"))
     with torch.no_grad():
         a, b = model.score(users), fresh.score(users)
         assert a.shape == (3, N_ITEMS) and torch.isfinite(a).all() and torch.equal(a, b)

@@ -15,7 +15,8 @@ from prismrec.data import Modality, build_dataset
 from prismrec.errors import PrismrecError
 from prismrec.models.transfer.ant import check_same_spaces, trainable_summary
 from prismrec.models.transfer.modules import ItemEncoder, MoEAdaptor, encode_prices
-from prismrec.train.transfer import adapt, pretrain, transfer_report
+from prismrec.report.transfer import transfer_report
+from prismrec.transfer import adapt, pretrain
 
 FAST = ["dropout=0.1", "temperature=0.2"]
 
@@ -257,7 +258,7 @@ def test_declared_encoder_is_recorded(tmp_path):
 
 
 def test_report_matches_scratch_by_target_whatever_the_source(tmp_path):
-    from prismrec.train.transfer import _collect
+    from prismrec.report.transfer import _collect
 
     def run(name, strategy, sources, seed, target="shop", mods=("text",)):
         rd = tmp_path / name / f"seed-{seed}"

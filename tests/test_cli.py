@@ -200,6 +200,7 @@ def test_compare_writes_mean_and_std_tables(trained):
     assert summary["seeds"].tolist() == [2, 2]
     md = (out / "results.md").read_text()
     assert md in res.stdout
+    assert f"report saved in {out / 'report.html'}" in res.stdout and (out / "report.html").is_file()
     for entry in ("bpr", "lightgcn"):
         vals = []
         for seed in (0, 1):

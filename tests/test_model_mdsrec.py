@@ -101,8 +101,7 @@ def test_eval_scoring_is_deterministic_and_training_assignment_is_sampled():
     model = run.model
     seqs = torch.tensor([[0, 0, 0, 0, 0, 3, 4, 5], [1, 2, 3, 4, 5, 6, 7, 8]])
     model.eval()
-    model.use_history("test", run.split)
-    model.prepare_scoring()
+    model.prepare_scoring(run.split.history("test"))
     with torch.no_grad():
         users = torch.tensor([0, 1, 2])
         assert torch.equal(model.score(users), model.score(users))

@@ -22,6 +22,7 @@ from prismrec.serve.bundle import export_bundle, load_bundle, synthetic_bundle  
 from prismrec.serve.index import ItemIndex  # noqa: E402
 
 from conftest import run_cli, write_mmrec  # noqa: E402
+from browser import NO_CHROMIUM, chromium, load_page  # noqa: E402
 
 GROUPS, DIM = 4, 16
 KEY = {"X-API-Key": "secret"}
@@ -301,17 +302,12 @@ def test_web_page_and_image_route(lird, tmp_path):
     assert client.get("/v1/users?limit=3", headers=KEY).json()["users"] == app.state.service.user_ids[:3]
 
 
-def _chromium():
-    import shutil
-
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="no Chromium on this machine (apt-get install chromium)")
+@pytest.mark.skipif(chromium() is None, reason=NO_CHROMIUM)
 def test_web_page_in_headless_chromium(lird, tmp_path):
-    """The page, driven by its address (#key=...&user=...), fetches and shows the user's recommendations."""
+    """The page, driven by its address (#key=...&user=...), fetches and shows the user's recommendations in a
+    real browser: no console error, a screenshot that is not blank, the cards of the expected items."""
+    import re
     import socket
-    import subprocess
     import threading
     import time
 
@@ -332,22 +328,24 @@ def test_web_page_in_headless_chromium(lird, tmp_path):
         svc = app.state.service
         user = svc.user_ids[3]
         want = [x["item"] for x in svc.recommend_user(user, 5, True)]
-        url = f"http://127.0.0.1:{port}/#key=secret&user={user}&k=5"
-        dom = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                              f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom",
-                              url], capture_output=True, text=True, timeout=120).stdout
-        assert 'data-method="model"' in dom, dom[-2000:]
-        import re
-
-        results = dom[dom.index('id="results"'):]
-        shown = re.findall(r'class="card" data-item="([^"]+)"', results)
-        assert shown == want
+        done = "document.getElementById('results').dataset.method || document.getElementById('status').className === 'err'"
+        shown = "[...document.querySelectorAll('#results .card')].map(c => c.dataset.item)"
+        page = load_page(f"http://127.0.0.1:{port}/#key=secret&user={user}&k=5", tmp_path / "profile", wait_for=done,
+                         evaluate={"method": "document.getElementById('results').dataset.method",
+                                   "shown": shown, "status": "document.getElementById('status').textContent"})
+        assert page.console_errors == [], page.console_errors
+        assert page.values["method"] == "model", page.values
+        assert page.values["shown"] == want
+        assert 'data-method="model"' in page.dom
+        assert re.findall(r'class="card" data-item="([^"]+)"', page.dom[page.dom.index('id="results"'):]) == want
+        stats = page.screenshot_stats()
+        assert stats["colours"] > 20 and stats["ink"] > 0.01, stats  # the page was drawn, not blank
         session = ",".join(svc.item_ids[:2])
-        dom = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                              f"--user-data-dir={tmp_path / 'profile2'}", "--virtual-time-budget=20000", "--dump-dom",
-                              f"http://127.0.0.1:{port}/#key=secret&session={session}&k=4"],
-                             capture_output=True, text=True, timeout=120).stdout
-        assert 'data-method="item_mean"' in dom and dom.count('class="card"') >= 4
+        page = load_page(f"http://127.0.0.1:{port}/#key=secret&session={session}&k=4", tmp_path / "profile2",
+                         wait_for=done, evaluate={"method": "document.getElementById('results').dataset.method",
+                                                  "shown": shown})
+        assert page.console_errors == [], page.console_errors
+        assert page.values["method"] == "item_mean" and len(page.values["shown"]) >= 4, page.values
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -385,4 +383,4 @@ def test_put_with_an_image_only_uses_the_image_encoder(data_folder, tmp_path):
     assert r.json()["modalities"] == ["image", "text"]
     bad = base64.b64encode(b"definitely not a jpeg").decode()
     r = client.put("/v1/items/bad", json={"image": bad}, headers=KEY)
-    assert r.status_code == 422 and "could not be decoded" in r.json()["detail"]
+    assert r.status_code == 415 and "could not be decoded" in r.json()["detail"]  # not an image: 415

@@ -10,17 +10,20 @@ with a paired test on the per-user metric averaged over seeds.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from .config import Overrides, OverridesLike, merge_overrides, parse_grid, parse_overrides
 from .errors import ConfigError
-from .evaluate.significance import paired_test
-from .runs import METRICS_FILE, PER_USER_FILE, train_run
+from .report.paired import paired_over_seeds
+from .report.tables import Table, num, protocol_caption, pvalue, seed_summary_table
+from .runs import METRICS_FILE, PER_USER_FILE, load_per_user, train_run
 from .utils.io import read_json, write_text
 
 ENTRY_RE = re.compile(r"^\s*(?P<model>[A-Za-z0-9_\-]+)\s*(?:\[(?P<settings>.*)\])?\s*$")
@@ -29,12 +32,16 @@ DEFAULT_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
 @dataclass
 class Entry:
+    """One compared setting: its label (``model[k=v;...]``, also its folder name), the canonical model name
+    and its settings as a typed override mapping (bare keys of the model qualified: ``lightgcn.n_layers``)."""
+
     label: str
     model: str
-    overrides: list[str] = field(default_factory=list)
+    overrides: Overrides = field(default_factory=dict)
 
     @classmethod
     def parse(cls, text: str) -> "Entry":
+        """``NAME`` or ``NAME[key=value;key=value]`` (values parsed like ``--set``)."""
         m = ENTRY_RE.match(text)
         if not m:
             raise ConfigError(f"cannot parse model entry {text!r}; write NAME or NAME[key=value;key=value].")
@@ -42,24 +49,33 @@ class Entry:
         for s in settings:
             if "=" not in s:
                 raise ConfigError(f"setting {s!r} in entry {text!r} is not key=value.")
+        return cls.of(m.group("model"), parse_overrides(settings), label=text.strip())
+
+    @classmethod
+    def of(cls, model: str, settings: OverridesLike = None, *, label: str | None = None) -> "Entry":
+        """An entry from typed settings; the label defaults to how the command line writes it."""
         from .models import MODELS
 
-        model = MODELS.canonical(m.group("model"))
+        name = MODELS.canonical(model)
+        settings = parse_overrides(settings)
+        if label is None:
+            shown = ";".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in settings.items())
+            label = f"{model}[{shown}]" if shown else model
         # bare keys inside brackets belong to this model's section unless qualified
-        overrides = [s if "." in s.split("=", 1)[0] else f"{model}.{s}" if _is_model_key(model, s) else s
-                     for s in settings]
-        return cls(label=text.strip(), model=model, overrides=overrides)
+        own = merge_overrides(*({f"{name}.{k}" if "." not in k and _is_model_key(name, k) else k: v}
+                                for k, v in settings.items()))
+        return cls(label=label, model=name, overrides=own)
 
     @property
     def dirname(self) -> str:
         return re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.label).strip("_")
 
 
-def _is_model_key(model: str, setting: str) -> bool:
+def _is_model_key(model: str, key: str) -> bool:
+    """True when the bare ``key`` (or ``key=value``) names a setting of ``model``'s own section."""
     from .models import MODELS
 
-    key = setting.split("=", 1)[0].strip().lower()
-    return key in MODELS.get(model).Config.model_fields
+    return key.split("=", 1)[0].strip().lower() in MODELS.get(model).Config.model_fields
 
 
 @dataclass
@@ -68,10 +84,11 @@ class Comparison:
     summary: pd.DataFrame
     markdown: str
     out: Path
+    report: Path | None = None  # OUT/report.html (None when it could not be written: a warning says why)
 
 
 def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *, seeds: Sequence[int] = (0,),
-            config_files: Sequence[str | Path] = (), overrides: Sequence[str] = (), epochs: int | None = None,
+            config_files: Sequence[str | Path] = (), overrides: OverridesLike = (), epochs: int | None = None,
             metrics: Sequence[str] = DEFAULT_METRICS, progress: bool = False,
             on_run: Callable[[str, int, dict[str, Any]], None] | None = None) -> Comparison:
     """Train (or reuse) every entry x seed under ``out`` and tabulate test metrics (mean, std)."""
@@ -89,8 +106,8 @@ def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *
             else:
                 resume = run_dir.is_dir() and any(run_dir.iterdir())
                 m = train_run(entry.model, data, run_dir, config_files=config_files,
-                              overrides=[*overrides, *entry.overrides], seed=seed, epochs=epochs, resume=resume,
-                              progress=progress).metrics
+                              overrides=merge_overrides(overrides, entry.overrides), seed=seed, epochs=epochs,
+                              resume=resume, progress=progress).metrics
             if on_run:
                 on_run(entry.label, seed, m)
             row = {"entry": entry.label, "model": m["model"], "seed": seed, "best_epoch": m["best_epoch"],
@@ -107,13 +124,15 @@ def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *
     write_text(out / "runs.csv", runs.to_csv(index=False))
     write_text(out / "results.csv", summary.to_csv(index=False))
     write_text(out / "results.md", md)
-    return Comparison(runs, summary, md, out)
+    from .report.html import write_report_safely  # plots never fail a comparison (a warning instead)
+
+    return Comparison(runs, summary, md, out, write_report_safely([out], out / "report.html"))
 
 
 def _summarise(runs: pd.DataFrame, entries: list[Entry], metrics: Sequence[str], out: Path,
                seeds: Sequence[int]) -> pd.DataFrame:
     ref = entries[0]
-    ref_users, ref_vals = _seed_mean_per_user(out / ref.dirname, seeds, metrics[-1])
+    ref_seeds = _per_user_seeds(out / ref.dirname, seeds, metrics[-1])
     recs = []
     for e in entries:
         sub = runs[runs["entry"] == e.label]
@@ -125,49 +144,38 @@ def _summarise(runs: pd.DataFrame, entries: list[Entry], metrics: Sequence[str],
         rec["train_seconds_mean"] = float(sub["train_seconds"].mean())
         rec["epoch_seconds_mean"] = float(sub["epoch_seconds"].mean())
         rec["best_epoch_mean"] = float(sub["best_epoch"].mean())
-        if e is not ref and ref_users is not None:
-            users, vals = _seed_mean_per_user(out / e.dirname, seeds, metrics[-1])
-            if users is not None:
-                t = paired_test(ref_users, ref_vals, users, vals, metrics[-1])
+        if e is not ref and ref_seeds is not None:
+            other = _per_user_seeds(out / e.dirname, seeds, metrics[-1])
+            if other is not None:
+                t = paired_over_seeds(ref_seeds, other, metrics[-1])
                 rec[f"diff_vs_{ref.label}"] = t.diff
                 rec["p_value"] = t.t_pvalue
         recs.append(rec)
     return pd.DataFrame(recs)
 
 
-def _seed_mean_per_user(entry_dir: Path, seeds: Sequence[int], metric: str):
-    users, acc = None, []
+def _per_user_seeds(entry_dir: Path, seeds: Sequence[int], metric: str) -> list[dict[str, np.ndarray]] | None:
+    """The per-user test results of every seed of one entry (None if a seed lacks them or the metric)."""
+    acc = []
     for s in seeds:
-        p = entry_dir / f"seed-{s}" / PER_USER_FILE
-        if not p.is_file():
-            return None, None
-        with np.load(p) as z:
-            if metric not in z.files:
-                return None, None
-            if users is None:
-                users = z["users"]
-            elif not np.array_equal(users, z["users"]):
-                return None, None
-            acc.append(z[metric])
-    return users, np.mean(acc, axis=0)
+        run_dir = entry_dir / f"seed-{s}"
+        if not (run_dir / PER_USER_FILE).is_file():
+            return None
+        z = load_per_user(run_dir)
+        if metric not in z:
+            return None
+        acc.append(z)
+    return acc
 
 
 def _markdown(summary: pd.DataFrame, metrics: Sequence[str], data: Any, seeds: Sequence[int]) -> str:
-    head = ["model", *metrics, "s/epoch", "best epoch"]
-    has_p = "p_value" in summary.columns
-    if has_p:
-        head.append(f"p vs {summary['entry'].iloc[0]} ({metrics[-1]})")
-    lines = [f"Test metrics on `{data}`, mean ± std over seeds {', '.join(map(str, seeds))} "
-             f"(epoch chosen on validation).", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for _, r in summary.iterrows():
-        cells = [f"`{r['entry']}`"] + [f"{r[f'{k}_mean']:.4f} ± {r[f'{k}_std']:.4f}" for k in metrics]
-        cells += [f"{r['epoch_seconds_mean']:.3f}", f"{r['best_epoch_mean']:.0f}"]
-        if has_p:
-            p = r.get("p_value")
-            cells.append("–" if p is None or (isinstance(p, float) and np.isnan(p)) else f"{p:.3g}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    extra: list[tuple[str, Any]] = [("s/epoch", lambda r: num(r["epoch_seconds_mean"], 3)),
+                                    ("best epoch", lambda r: num(r["best_epoch_mean"], 0))]
+    if "p_value" in summary.columns:
+        extra.append((f"p vs {summary['entry'].iloc[0]} ({metrics[-1]})", lambda r: pvalue(r.get("p_value"))))
+    table = seed_summary_table(summary.to_dict("records"), metrics, extra=extra,
+                               caption=protocol_caption(data, seeds))
+    return table.markdown() + "\n"
 
 
 @dataclass
@@ -178,22 +186,20 @@ class TuneResult:
     markdown: str
 
 
-def grid_entries(model: str, grid: dict[str, list[Any]]) -> list[Entry]:
-    """Every combination of a small grid as compare entries (``model[k=v;...]``)."""
+def grid_entries(model: str, grid: Mapping[str, Sequence[Any]] | Sequence[str]) -> list[Entry]:
+    """Every combination of a small grid (``{key: [values]}``, or ``KEY=V1,V2`` strings) as compare entries,
+    labelled ``model[k=v;...]``."""
     import itertools
-    import json
 
-    keys = list(grid)
-    entries = []
-    for values in itertools.product(*(grid[k] for k in keys)):
-        settings = ";".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in zip(keys, values))
-        entries.append(Entry.parse(f"{model}[{settings}]" if settings else model))
-    return entries
+    space = parse_grid(grid)
+    keys = list(space)
+    combos = itertools.product(*(space[k] for k in keys))
+    return [Entry.of(model, dict(zip(keys, values))) for values in combos]
 
 
-def tune(model: str, data: str | Path, out: str | Path, grid: dict[str, list[Any]], *,
+def tune(model: str, data: str | Path, out: str | Path, grid: Mapping[str, Sequence[Any]] | Sequence[str], *,
          seeds: Sequence[int] = (0,), final_seeds: Sequence[int] = (), config_files: Sequence[str | Path] = (),
-         overrides: Sequence[str] = (), epochs: int | None = None, select: str = "recall@20",
+         overrides: OverridesLike = (), epochs: int | None = None, select: str = "recall@20",
          progress: bool = False, on_run: Callable[[str, int, dict[str, Any]], None] | None = None) -> TuneResult:
     """Grid search selected on the VALIDATION metric ``select`` (mean over ``seeds``).
 
@@ -223,14 +229,13 @@ def tune(model: str, data: str | Path, out: str | Path, grid: dict[str, list[Any
     table = trials.runs.groupby("entry", sort=False).agg(
         **{f"valid_{select}": (f"valid_{select}", "mean"), f"test_{select}": (f"test_{select}", "mean"),
            "best_epoch": ("best_epoch", "mean")}).reset_index()
-    lines = [f"Grid for `{model}` on `{data}`, selected on validation {select} (seeds {list(seeds)}); "
-             f"chosen: `{best.label}`", "", f"| setting | valid {select} | test {select} | best epoch |",
-             "|---|---|---|---|"]
+    t = Table(["setting", f"valid {select}", f"test {select}", "best epoch"],
+              caption=f"Grid for `{model}` on `{data}`, selected on validation {select} (seeds {list(seeds)}); "
+                      f"chosen: `{best.label}`")
     for _, r in table.iterrows():
         mark = " **(chosen)**" if r["entry"] == best.label else ""
-        lines.append(f"| `{r['entry']}`{mark} | {r[f'valid_{select}']:.4f} | {r[f'test_{select}']:.4f} | "
-                     f"{r['best_epoch']:.0f} |")
-    md = "\n".join(lines) + "\n"
+        t.add(f"`{r['entry']}`{mark}", num(r[f"valid_{select}"]), num(r[f"test_{select}"]), num(r["best_epoch"], 0))
+    md = t.markdown() + "\n"
     if final is not None:
         md += "\n" + final.markdown
     write_text(out / "tune.md", md)

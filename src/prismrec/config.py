@@ -1,29 +1,50 @@
-"""Typed configuration: YAML files plus ``--set KEY=VALUE`` overrides, unknown keys rejected.
+"""Typed configuration: YAML files, ``--set KEY=VALUE`` overrides and Python mappings; unknown keys rejected.
 
 A run is described by a :class:`RunConfig` with four parts:
 
 * ``data``  (:class:`DataConfig`): format, modalities, preprocessing and the split rule;
 * ``train`` (:class:`TrainConfig`): optimiser, batches, early stopping, evaluation;
-* the model's own section, named after the model (``lightgcn: {n_layers: 3}``), validated by the
-  model's ``Config`` class;
+* ``params``: the model's own settings, an instance of the model's ``Config`` class (in a YAML file the
+  section is named after the model: ``lightgcn: {n_layers: 3}``);
 * ``model``, ``seed`` and ``data_source`` (what ``--data`` named).
 
 A YAML file may hold any of these sections (and sections for other models, which are ignored, so one
-file can configure a whole ``compare``). Overrides are ``section.key=value`` or a bare ``key=value``
-that names exactly one field in the model, train or data sections. Values are parsed as YAML
-(``--set topk=[10,20]``). Every unknown key is an error with the closest valid name suggested.
+file can configure a whole ``compare``). Every unknown key is an error with the closest valid name
+suggested.
+
+Overrides. Settings are text only on the command line and in YAML files: :func:`parse_overrides` is the
+one parser of ``KEY=VALUE`` strings (values parsed as YAML: ``--set topk=[10,20]``), used by ``--set``,
+compare entries (``lightgcn[n_layers=2;train.epochs=3]``), tune grids (:func:`parse_grid`) and the data
+options of the feature tools. What it returns, and what the Python API takes, is a typed mapping::
+
+    {"train.learning_rate": 1e-3, "n_layers": 2, "data.columns.user": "uid", "train": {"epochs": 3}}
+
+A key is ``section.key`` (the sections are ``data``, ``train`` and the model's, also called ``model``
+or by any of the model's aliases), ``section.key.entry`` (one entry of a mapping such as
+``data.columns``), a bare ``key`` that names exactly one field in the model, train or data sections, a
+top-level key (``seed``), or a section name whose value is a mapping of its keys or a typed config
+object (``{"train": TrainConfig(epochs=3)}``: the fields that object sets). Another model's settings
+are skipped, so one override list serves a whole ``compare``.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal, Mapping, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
+                      model_validator)
 
 from .errors import ConfigError
 from .registry import suggest
+
+#: overrides as they travel inside prismrec: key (``section.key``, ``key``, ...) -> typed value
+Overrides = dict[str, Any]
+#: what the entry points accept: a mapping, ``KEY=VALUE`` strings (parsed once), or a typed config object
+OverridesLike = Union[Mapping[str, Any], Iterable[str], str, "StrictConfig", None]
 
 
 class StrictConfig(BaseModel):
@@ -32,14 +53,21 @@ class StrictConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
     @classmethod
-    def build(cls, values: dict[str, Any] | None, where: str) -> "StrictConfig":
-        """Validate ``values`` (from YAML or overrides); ``where`` names the section for messages."""
+    def build(cls, values: Mapping[str, Any] | BaseModel | None, where: str) -> "StrictConfig":
+        """Validate ``values`` (a mapping from YAML or overrides, or another config object); ``where``
+        names the section for messages. An instance of exactly this class is already valid and returned."""
+        if type(values) is cls:
+            return values  # type: ignore[return-value]
+        if isinstance(values, BaseModel):
+            values = {k: getattr(values, k) for k in type(values).model_fields}
+        if values is not None and not isinstance(values, Mapping):
+            raise ConfigError(f"Section '{where}' must be a mapping of keys to values, not {values!r}.")
         values = dict(values or {})
         known = set(cls.model_fields)
         for key in values:
             if key not in known:
                 raise ConfigError(
-                    f"Unknown key '{key}' in {where}.{suggest(key, known)} "
+                    f"Unknown key '{key}' in {where}.{suggest(str(key), known)} "
                     f"Valid keys: {', '.join(sorted(known))}."
                 )
         try:
@@ -52,7 +80,20 @@ class StrictConfig(BaseModel):
             raise ConfigError("Invalid configuration: " + "; ".join(parts) + ".") from None
 
 
-SplitRule = Literal["given", "mmrec", "user_temporal", "global_temporal", "loo", "cold_items"]
+def canonical_split_rule(value: str) -> str:
+    """The registered name of a split rule or alias (``random`` -> ``mmrec``); unknown names are a
+    ``ValueError`` that lists every valid name and suggests the closest."""
+    from .data.split import SPLIT_RULES  # lazy: data.split imports this module
+
+    name = str(value).strip().lower()
+    if name in SPLIT_RULES:
+        return SPLIT_RULES.canonical(name)
+    valid = []
+    for rule in SPLIT_RULES.names():
+        aliases = SPLIT_RULES.aliases_of(rule)
+        valid.append(f"{rule} (or {', '.join(aliases)})" if aliases else rule)
+    every = [*SPLIT_RULES.names(), *(a for r in SPLIT_RULES.names() for a in SPLIT_RULES.aliases_of(r))]
+    raise ValueError(f"unknown split rule {value!r}.{suggest(name, every)} Valid rules: {'; '.join(valid)}")
 
 
 class DataConfig(StrictConfig):
@@ -66,10 +107,11 @@ class DataConfig(StrictConfig):
     kcore: int = Field(0, ge=0, description="iterative k-core on users and items (0 = off)")
     user_core: int | None = Field(None, ge=0, description="k-core for users (overrides kcore)")
     item_core: int | None = Field(None, ge=0, description="k-core for items (overrides kcore)")
-    split: SplitRule | None = Field(
-        None, description="split rule; None uses the split given in the data, else 'mmrec'"
+    split: str | None = Field(
+        None, description="split rule (a name or alias in prismrec.data.split.SPLIT_RULES); None uses the "
+                          "split given in the data, else data.default_split"
     )
-    default_split: SplitRule = Field(
+    default_split: str = Field(
         "mmrec", description="rule used when data.split is unset and the data has no split of its own"
     )
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -89,6 +131,11 @@ class DataConfig(StrictConfig):
                     "vector instead (Gaussian with the modality's per-dimension mean and std); 0 = off",
     )
     feature_noise_seed: int = Field(0, description="seed of data.feature_noise (which items, which vectors)")
+
+    @field_validator("split", "default_split")
+    @classmethod
+    def _known_split_rule(cls, value: str | None) -> str | None:
+        return None if value is None else canonical_split_rule(value)
 
 
 class TrainConfig(StrictConfig):
@@ -147,25 +194,69 @@ class TrainConfig(StrictConfig):
 
 
 class RunConfig(StrictConfig):
-    """Everything needed to reproduce one training run."""
+    """Everything needed to reproduce one training run.
+
+    ``params`` is the model's own validated settings (an instance of the model's ``Config``), built once
+    when the configuration is resolved; given as a mapping (a run directory's ``config.yaml``) it is
+    validated by the registered model's ``Config``.
+    """
 
     model: str
     seed: int = 0
     data_source: str = ""
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    params: dict[str, Any] = Field(default_factory=dict, description="the model's own validated config")
+    params: SerializeAsAny[StrictConfig] = Field(
+        default_factory=StrictConfig, description="the model's own settings: an instance of its Config class")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_params(cls, values: Any) -> Any:
+        if not isinstance(values, Mapping) or not isinstance(values.get("model"), str):
+            return values
+        model, params = values["model"], values.get("params")
+        if not isinstance(params, StrictConfig):
+            from .models import MODELS  # lazy: the models import this module
+
+            return {**values, "params": MODELS.get(model).Config.build(params, where=model)}
+        registry = getattr(sys.modules.get(f"{__package__}.models"), "MODELS", None)
+        if registry is not None and model in registry:
+            expected = registry.get(model).Config
+            if not isinstance(params, expected):
+                raise ConfigError(f"The settings of model '{model}' must be a {expected.__qualname__}, "
+                                  f"not a {type(params).__qualname__}.")
+        return values
 
     def to_yaml_dict(self) -> dict[str, Any]:
         """The resolved config in the same layout a user writes (model section named after the model)."""
+        d = self.to_run_dict()
+        d[self.model] = d.pop("params")
+        return d
+
+    def to_run_dict(self) -> dict[str, Any]:
+        """The layout of a run directory's ``config.yaml`` (and of a serving bundle's config): ``model``,
+        ``seed``, ``data_source``, ``data``, ``train`` and the model's settings under ``params``."""
         return {
             "model": self.model,
             "seed": self.seed,
             "data_source": self.data_source,
             "data": self.data.model_dump(mode="json"),
             "train": self.train.model_dump(mode="json"),
-            self.model: dict(self.params),
+            "params": self.params.model_dump(mode="json"),
         }
+
+    @classmethod
+    def from_run_dict(cls, values: Mapping[str, Any], where: str = "config.yaml") -> "RunConfig":
+        """Rebuild a run's configuration from :meth:`to_run_dict`'s layout (every run directory written by
+        prismrec, old ones included); the model section may also be named after the model
+        (:meth:`to_yaml_dict`'s layout)."""
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{where} must hold a mapping (model, seed, data, train, params).")
+        values = dict(values)
+        model = values.get("model")
+        if "params" not in values and isinstance(model, str) and isinstance(values.get(model), Mapping):
+            values["params"] = values.pop(model)
+        return cls.build(values, where=where)  # type: ignore[return-value]
 
 
 TOP_LEVEL = {"model", "seed", "data_source"}
@@ -185,6 +276,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return content
 
 
+# ---------------------------------------------------------------------------------- the one parser
 def parse_value(text: str) -> Any:
     """Parse an override value as YAML (numbers, booleans, lists); plain text stays a string."""
     try:
@@ -193,11 +285,180 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def split_assignment(text: str, example: str = "--set train.learning_rate=0.001") -> tuple[str, str]:
+    """``"KEY=VALUE"`` -> ``("KEY", "VALUE")`` (both stripped; the value is still text)."""
+    if not isinstance(text, str) or "=" not in text or not text.split("=", 1)[0].strip():
+        raise ConfigError(f"Override '{text}' is not KEY=VALUE. Example: {example}")
+    key, raw = text.split("=", 1)
+    return key.strip(), raw.strip()
+
+
+def parse_overrides(overrides: OverridesLike = None) -> Overrides:
+    """THE override parser: ``KEY=VALUE`` strings (values parsed as YAML) or a mapping -> a typed mapping.
+
+    A mapping keeps its typed values (nothing in it is parsed); a typed config object stands for its own
+    section (``TrainConfig(epochs=3)`` -> ``{"train": ...}``, a model's ``Config`` -> ``{"model": ...}``).
+    A key given twice keeps its last value, applied in the later position (as with repeated ``--set``).
+    """
+    out: Overrides = {}
+    if overrides is None:
+        return out
+    if isinstance(overrides, StrictConfig):
+        if isinstance(overrides, (TrainConfig, DataConfig)):
+            return {"train" if isinstance(overrides, TrainConfig) else "data": overrides}
+        return {"model": overrides}
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            if not isinstance(key, str) or not key.strip():
+                raise ConfigError(f"Override key {key!r} is not a setting name (e.g. 'train.learning_rate').")
+            _put(out, key.strip(), value)
+        return out
+    for item in [overrides] if isinstance(overrides, str) else overrides:
+        key, raw = split_assignment(item)
+        _put(out, key, parse_value(raw))
+    return out
+
+
+def merge_overrides(*parts: OverridesLike) -> Overrides:
+    """Several override sets as one; later parts win (``merge_overrides(global_sets, entry_sets)``)."""
+    out: Overrides = {}
+    for part in parts:
+        for key, value in parse_overrides(part).items():
+            _put(out, key, value)
+    return out
+
+
+def parse_grid(items: Iterable[str] | Mapping[str, Iterable[Any]]) -> dict[str, list[Any]]:
+    """A search grid: ``KEY=V1,V2,...`` strings (commas inside brackets do not split, values parsed as
+    YAML like ``--set``) or a mapping of key -> values -> ``{key: [values]}``."""
+    if isinstance(items, Mapping):
+        space = {str(k).strip(): list(v) for k, v in items.items()}
+    else:
+        space = {}
+        for item in [items] if isinstance(items, str) else items:
+            if not isinstance(item, str) or "=" not in item or not item.split("=", 1)[0].strip():
+                raise ConfigError(f"--grid {item!r} is not KEY=V1,V2. Example: --grid reg_weight=1e-4,1e-3")
+            key, raw = split_assignment(item)
+            space[key] = [parse_value(v.strip()) for v in split_values(raw)]
+    for key, values in space.items():
+        if not values:
+            raise ConfigError(f"The grid of '{key}' has no values. Example: --grid {key}=V1,V2")
+    return space
+
+
+def split_values(text: str) -> list[str]:
+    """Split ``V1,V2`` on commas outside brackets, so list values like ``[1,2]`` stay whole."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "[{("
+        depth -= ch in "]})"
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [v for v in [*out, cur] if v.strip()]
+
+
+def _put(out: Overrides, key: str, value: Any) -> None:
+    out.pop(key, None)
+    out[key] = value
+
+
+def _show(key: str, value: Any) -> str:
+    """An override as the user would have typed it, for messages."""
+    if not isinstance(value, str):
+        if isinstance(value, BaseModel):
+            value = value.model_dump(mode="json", exclude_unset=True)
+        try:
+            value = json.dumps(value)
+        except (TypeError, ValueError):
+            value = str(value)
+    return f"{key}={value}"
+
+
+def _expand_sections(overrides: Mapping[str, Any], sections: set[str]) -> Iterable[tuple[str, Any]]:
+    """``{"train": {"epochs": 3}}`` (or a typed section object) -> ``("train.epochs", 3)``; other keys as
+    they are."""
+    for key, value in overrides.items():
+        head = key.lower()
+        if head in sections and (isinstance(value, (Mapping, BaseModel)) or head not in TOP_LEVEL):
+            if isinstance(value, BaseModel):
+                value = value.model_dump(exclude_unset=True)
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"Override '{_show(key, value)}' names the section '{key}': give it a "
+                                  f"mapping of its keys ({key}={{KEY: VALUE}}) or write {key}.KEY=VALUE.")
+            for field, v in value.items():
+                yield f"{key}.{field}", v
+        else:
+            yield key, value
+
+
+def apply_overrides(overrides: OverridesLike, sections: dict[str, dict[str, Any]],
+                    owners: Mapping[str, type[StrictConfig]], *, top: dict[str, Any] | None = None,
+                    aliases: Mapping[str, str] | None = None, ignored: Iterable[str] = ()) -> None:
+    """Apply overrides to the raw ``sections`` being resolved (section -> key -> value), checking every key.
+
+    ``owners`` maps each section to its config class (bare keys must name exactly one field among them);
+    ``aliases`` are other names of sections (``model`` -> the model's section); ``ignored`` sections
+    (other models) are skipped; ``top`` receives top-level keys (``seed``), when they are allowed.
+    """
+    aliases = dict(aliases or {})
+    ignored = set(ignored)
+    for key, value in _expand_sections(parse_overrides(overrides), {*owners, *aliases, *ignored}):
+        shown = _show(key, value)
+        path = key.split(".", 2)
+        head = path[0].strip().lower()
+        if len(path) > 1:
+            section = aliases.get(head, head)
+            field = path[1].strip().lower()
+            subkey = path[2].strip() if len(path) > 2 else None  # a mapping entry: data.columns.user=uid
+            if section in ignored:  # another model's setting (one override list serves a compare)
+                continue
+            if section not in owners:
+                raise ConfigError(
+                    f"Unknown section '{section}' in override '{shown}'.{suggest(section, set(owners))} "
+                    f"Sections: {', '.join(owners)}."
+                )
+            fields = owners[section].model_fields
+            if field not in fields:
+                raise ConfigError(
+                    f"Unknown key '{field}' in section '{section}' (override '{shown}')."
+                    f"{suggest(field, set(fields))}"
+                )
+            if subkey is None:
+                sections[section][field] = value
+                continue
+            current = sections[section].get(field)
+            if current is None:
+                default = fields[field].get_default(call_default_factory=True)
+                current = dict(default) if isinstance(default, dict) else None
+            if not isinstance(current, Mapping):
+                raise ConfigError(f"'{section}.{field}' is not a mapping, so '{shown}' cannot set an entry of it.")
+            sections[section][field] = {**current, subkey: value}
+        elif top is not None and head in TOP_LEVEL:
+            top[head] = value
+        else:
+            owning = [s for s, cls in owners.items() if head in cls.model_fields]
+            if not owning:
+                everything = {f for cls in owners.values() for f in cls.model_fields}
+                everything |= TOP_LEVEL if top is not None else set()
+                everything |= {*owners, *aliases} if isinstance(value, (Mapping, BaseModel)) else set()
+                raise ConfigError(f"Unknown key '{head}' in override '{shown}'.{suggest(head, everything)}")
+            if len(owning) > 1:
+                raise ConfigError(
+                    f"Key '{head}' exists in several sections ({', '.join(owning)}); "
+                    f"write it as {_show(f'{owning[0]}.{head}', value)}."
+                )
+            sections[owning[0]][head] = value
+
+
+# ------------------------------------------------------------------------------------- resolution
 def resolve_config(
     model: str,
     model_config_cls: type[StrictConfig],
     files: list[dict[str, Any]] | None = None,
-    overrides: list[str] | None = None,
+    overrides: OverridesLike = None,
     *,
     seed: int | None = None,
     data_source: str | None = None,
@@ -206,8 +467,9 @@ def resolve_config(
     model_aliases: tuple[str, ...] = (),
     defaults: dict[str, dict[str, Any]] | None = None,
 ) -> RunConfig:
-    """Merge defaults, config files (in order) and ``KEY=VALUE`` overrides into a :class:`RunConfig`.
+    """Merge defaults, config files (in order) and overrides into a :class:`RunConfig`.
 
+    ``overrides`` is a typed mapping or ``KEY=VALUE`` strings (see :func:`parse_overrides`);
     ``model_names`` lists every registered model, so a file may carry other models' sections;
     ``model_aliases`` are other names of this model, accepted as its section name; ``defaults``
     (``{"train": {...}, "data": {...}}``) are the model family's own defaults, applied before the files
@@ -218,7 +480,7 @@ def resolve_config(
     sections: dict[str, dict[str, Any]] = {"data": dict((defaults or {}).get("data", {})),
                                            "train": dict((defaults or {}).get("train", {})), model: {}}
     top: dict[str, Any] = {}
-    other_models = set(model_names or []) - {model}
+    other_models = set(model_names or []) - own_names
     for content in files or []:
         for key, value in content.items():
             key_l = str(key).lower()
@@ -235,62 +497,9 @@ def resolve_config(
                 allowed = {"data", "train", model, *TOP_LEVEL, *other_models}
                 raise ConfigError(f"Unknown section '{key}' in the config file.{suggest(key_l, allowed)}")
 
-    field_owner = {
-        model: set(model_config_cls.model_fields),
-        "train": set(TrainConfig.model_fields),
-        "data": set(DataConfig.model_fields),
-    }
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"Override '{item}' is not KEY=VALUE. Example: --set train.learning_rate=0.001")
-        key, raw = item.split("=", 1)
-        key = key.strip().lower()
-        value = parse_value(raw.strip())
-        if "." in key:
-            section, field = key.split(".", 1)
-            subkey = None
-            if "." in field:  # a dict entry: data.columns.user=uid, data.extra_features.NAME=PATH
-                field, _ = field.split(".", 1)
-                subkey = item.split("=", 1)[0].strip().split(".", 2)[2]
-            if section == "model" or section in own_names:
-                section = model
-            if section in other_models:  # another model's setting (one --set list serves a compare)
-                continue
-            if section not in field_owner:
-                raise ConfigError(
-                    f"Unknown section '{section}' in override '{item}'.{suggest(section, field_owner)} "
-                    f"Sections: {', '.join(field_owner)}."
-                )
-            if field not in field_owner[section]:
-                raise ConfigError(
-                    f"Unknown key '{field}' in section '{section}' (override '{item}')."
-                    f"{suggest(field, field_owner[section])}"
-                )
-            if subkey is not None:
-                current = sections[section].get(field)
-                if current is None:
-                    default = (model_config_cls if section == model else
-                               TrainConfig if section == "train" else DataConfig).model_fields[field].get_default(
-                                   call_default_factory=True)
-                    current = dict(default) if isinstance(default, dict) else None
-                if not isinstance(current, dict):
-                    raise ConfigError(f"'{section}.{field}' is not a mapping, so '{item}' cannot set an entry of it.")
-                sections[section][field] = {**current, subkey: value}
-            else:
-                sections[section][field] = value
-        elif key in TOP_LEVEL:
-            top[key] = value
-        else:
-            owners = [s for s, fields in field_owner.items() if key in fields]
-            if not owners:
-                everything = {f for fields in field_owner.values() for f in fields} | TOP_LEVEL
-                raise ConfigError(f"Unknown key '{key}' in override '{item}'.{suggest(key, everything)}")
-            if len(owners) > 1:
-                raise ConfigError(
-                    f"Key '{key}' exists in several sections ({', '.join(owners)}); "
-                    f"write it as {owners[0]}.{key}={raw}."
-                )
-            sections[owners[0]][key] = value
+    owners = {model: model_config_cls, "train": TrainConfig, "data": DataConfig}
+    apply_overrides(overrides, sections, owners, top=top,
+                    aliases={name: model for name in own_names | {"model"}}, ignored=other_models)
 
     if epochs is not None:
         sections["train"]["epochs"] = epochs
@@ -298,12 +507,25 @@ def resolve_config(
         top["seed"] = seed
     if data_source is not None:
         top["data_source"] = data_source
-    params = model_config_cls.build(sections[model], where=model).model_dump(mode="json")
-    return RunConfig.build({
+    return RunConfig.build({  # type: ignore[return-value]
         "model": model,
         "seed": top.get("seed", 0),
         "data_source": str(top.get("data_source", "")),
         "data": DataConfig.build(sections["data"], where="data"),
         "train": TrainConfig.build(sections["train"], where="train"),
-        "params": params,
+        "params": model_config_cls.build(sections[model], where=model),
     }, where="config")
+
+
+def resolve_data_config(files: Iterable[Mapping[str, Any]] = (),
+                        overrides: OverridesLike = None) -> DataConfig:
+    """A :class:`DataConfig` from the ``data:`` sections of config files and ``[data.]KEY`` overrides (the
+    data part of what a training run accepts; other sections of the files are ignored)."""
+    sections: dict[str, dict[str, Any]] = {"data": {}}
+    for content in files:
+        data = content.get("data") or {}
+        if not isinstance(data, Mapping):
+            raise ConfigError("Section 'data' in the config file must be a mapping.")
+        sections["data"].update(data)
+    apply_overrides(overrides, sections, {"data": DataConfig})
+    return DataConfig.build(sections["data"], where="data")  # type: ignore[return-value]

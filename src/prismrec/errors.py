@@ -33,3 +33,11 @@ class DataError(PrismrecError):
 
 class ConfigError(PrismrecError):
     """An unknown or invalid configuration key or value."""
+
+
+class OutputError(PrismrecError, OSError):
+    """An output path that cannot be written: a file where a folder should be, a read-only or full disk.
+
+    It is also an ``OSError`` (with the original ``errno``), so code that handles failed writes as
+    ``OSError`` (the service answers 5xx) keeps working.
+    """

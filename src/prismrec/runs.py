@@ -21,25 +21,25 @@ import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
 from . import __version__
-from .config import RunConfig, read_yaml, resolve_config
+from .config import OverridesLike, RunConfig, parse_overrides, read_yaml, resolve_config
 from .data import Dataset, load_dataset
 from .data.catalog import canonical_source
 from .data.split import Split, make_split
 from .data.training import TrainingData
 from .errors import PrismrecError
-from .evaluate.ranking import EvalResult, RankingEvaluator
+from .evaluate.ranking import EvalResult, RankingEvaluator, auto_chunk, rows_of, top_k
 from .evaluate.segments import activity_buckets, item_groups
 from .evaluate.significance import PairedTest, paired_test
 from .models import MODELS, Recommender
 from .train.trainer import BEST, Trainer, TrainResult
-from .utils.io import load_torch, read_json, write_json, write_npz, write_text, write_yaml
+from .utils.io import check_out_dir, load_torch, make_dir, read_json, write_json, write_npz, write_text, write_yaml
 from .utils.runtime import peak_rss_mb, resolve_device, seed_everything, set_threads
 
 log = logging.getLogger("prismrec")
@@ -63,41 +63,65 @@ class Run:
 
     def recommend(self, users: Sequence[Any], k: int = 10, *, exclude_seen: bool = True) -> pd.DataFrame:
         """Top-``k`` items for raw user ids: a frame with user, rank, item, score and title."""
+        users = list(users)
+        frames = list(self.recommend_chunks(users, k, exclude_seen=exclude_seen, chunk_users=max(len(users), 1)))
+        return frames[0] if frames else _top_frame(self.dataset, np.asarray([], dtype=object),
+                                                   torch.zeros(0, 0), torch.zeros(0, 0, dtype=torch.long))
+
+    def recommend_chunks(self, users: Sequence[Any] | None = None, k: int = 10, *, exclude_seen: bool = True,
+                         chunk_users: int | None = None) -> Iterator[pd.DataFrame]:
+        """:meth:`recommend` for many users, one frame per chunk of ``chunk_users`` users, in the given order.
+
+        ``users=None`` means every user of the dataset. The model prepares its scores once
+        (``prepare_scoring`` on the whole history); each chunk is then scored, masked and cut to the top
+        ``k`` like evaluation, so memory stays ``O(chunk x items)``. ``chunk_users`` defaults to the
+        evaluation's chunk size (``train.eval_batch_users``, 0 = sized to ~96 MiB of scores)."""
         ds = self.dataset
-        internal = ds.users_to_internal(users)
+        if users is None:
+            internal, raw = np.arange(ds.n_users), np.asarray(ds.user_ids, dtype=object)
+        else:
+            users = list(users)
+            internal, raw = ds.users_to_internal(users), np.asarray([str(u) for u in users], dtype=object)
+        chunk = auto_chunk(ds.n_items, self.config.train.eval_batch_users if chunk_users is None else chunk_users)
+        history = self.split.history("all")
         self.model.eval()
-        with torch.no_grad():
-            self.model.use_history("all", self.split)
-            self.model.prepare_scoring()
-            scores = self.model.score(torch.as_tensor(internal, device=self.model.device)).float().cpu()
-        if exclude_seen:
-            seen = self.split.train + self.split.valid + self.split.test
-            rows = seen[internal].tocoo()
-            scores[torch.as_tensor(rows.row, dtype=torch.long), torch.as_tensor(rows.col, dtype=torch.long)] = -torch.inf
-        k = min(k, ds.n_items)
-        top = torch.topk(scores, k, dim=1)
-        items = top.indices.numpy()
-        frame = pd.DataFrame({
-            "user": np.repeat(np.asarray([str(u) for u in users], dtype=object), k),
-            "rank": np.tile(np.arange(1, k + 1), len(users)),
-            "item": ds.item_ids[items.ravel()],
-            "score": top.values.numpy().ravel(),
-            "title": ds.item_titles(items.ravel()),
-        })
-        return frame[np.isfinite(frame["score"])].reset_index(drop=True)
+        with torch.no_grad():  # never across a yield: grad mode is global state of the caller's thread
+            self.model.prepare_scoring(history)
+        for start in range(0, len(internal), chunk):
+            part = internal[start:start + chunk]
+            with torch.no_grad():
+                scores = self.model.score(torch.as_tensor(part, device=self.model.device)).float().cpu()
+            values, top = top_k(scores, k, rows_of(history.matrix, part) if exclude_seen else None)
+            yield _top_frame(ds, raw[start:start + chunk], values, top)
 
     def evaluate(self, stage: str = "test", *, keep_per_user: bool = True) -> EvalResult:
         return evaluate_stage(self.model, self.split, self.config, stage, keep_per_user=keep_per_user)
 
 
+def _top_frame(ds: Dataset, users: np.ndarray, values: torch.Tensor, top: torch.Tensor) -> pd.DataFrame:
+    """The recommendation frame of one chunk: user, rank, item, score, title (masked items dropped)."""
+    k, items = top.shape[1], top.numpy()
+    frame = pd.DataFrame({
+        "user": np.repeat(users, k),
+        "rank": np.tile(np.arange(1, k + 1), len(users)),
+        "item": ds.item_ids[items.ravel()],
+        "score": values.numpy().ravel(),
+        "title": ds.item_titles(items.ravel()),
+    })
+    frame = frame[np.isfinite(frame["score"])].reset_index(drop=True)
+    frame.attrs["users"] = len(users)  # users of the chunk (one may have no row left: all items seen)
+    return frame
+
+
 # ---------------------------------------------------------------------------------------------------
 def build_config(model: str, data: str | Path | Dataset, *, config_files: Sequence[str | Path] = (),
-                 overrides: Sequence[str] = (), seed: int | None = None, epochs: int | None = None) -> RunConfig:
+                 overrides: OverridesLike = (), seed: int | None = None, epochs: int | None = None) -> RunConfig:
+    """Resolve a run's configuration; ``overrides`` is a typed mapping (``KEY=VALUE`` strings are parsed here)."""
     cls = MODELS.get(model)
     files = [read_yaml(p) for p in config_files]
     if not isinstance(data, Dataset):
         data = canonical_source(data)
-    return resolve_config(MODELS.canonical(model), cls.Config, files, list(overrides), seed=seed,
+    return resolve_config(MODELS.canonical(model), cls.Config, files, parse_overrides(overrides), seed=seed,
                           data_source=data.name if isinstance(data, Dataset) else str(data), epochs=epochs, model_names=MODELS.names(),
                           model_aliases=(model.lower(), *MODELS.aliases_of(model)), defaults=cls.defaults)
 
@@ -111,7 +135,7 @@ def build_model(cfg: RunConfig, ds: Dataset, split: Split) -> tuple[Recommender,
             "(prismrec features can extract them) or a model such as lightgcn."
         )
     data = TrainingData.from_split(ds, split)
-    model = cls(cls.Config.build(cfg.params, where=cfg.model), data)
+    model = cls(cfg.params, data)  # validated once, when the configuration was resolved or loaded
     return model, data
 
 
@@ -120,23 +144,17 @@ def evaluate_stage(model: Recommender, split: Split, cfg: RunConfig, stage: str,
     ev = RankingEvaluator(split, stage, cfg.train.eval_ks, mask_valid=cfg.train.mask_valid_in_test,
                           mask_history=cfg.train.mask_history, filter_cold_users=cfg.data.filter_cold_users,
                           chunk_users=cfg.train.eval_batch_users)
-    model.eval()
-    with torch.no_grad():
-        model.use_history(stage, split)
-        model.prepare_scoring()
-        groups = item_groups(split.train) if with_segments else None
-        if groups is not None and not groups["cold_items"].any():
-            groups.pop("cold_items")
-        res = ev.evaluate(model.score, keep_per_user=keep_per_user or with_segments, item_groups=groups,
-                          device=model.device)
+    groups = item_groups(split.train) if with_segments else None
+    if groups is not None and not groups["cold_items"].any():
+        groups.pop("cold_items")
+    res = ev.evaluate_model(model, keep_per_user=keep_per_user or with_segments, item_groups=groups)
     if with_segments:
         res.segments["user_activity"] = activity_buckets(res.per_user, res.users, split.train)  # type: ignore[assignment]
     return res
 
 
 def _check_run_dir(out: Path, resume: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise PrismrecError(f"--out {out} is a file. Fix: give a directory path.")
+    check_out_dir(out)  # it, or a parent folder, is a file: refused before the data is read
     if out.is_dir() and any(out.iterdir()) and not resume:
         what = "a finished run" if (out / METRICS_FILE).is_file() else "files"
         raise PrismrecError(
@@ -146,7 +164,7 @@ def _check_run_dir(out: Path, resume: bool) -> None:
 
 
 def train_run(model: str, data: str | Path | Dataset, out: str | Path | None = None, *,
-              config_files: Sequence[str | Path] = (), overrides: Sequence[str] = (), seed: int | None = None,
+              config_files: Sequence[str | Path] = (), overrides: OverridesLike = (), seed: int | None = None,
               epochs: int | None = None, resume: bool = False, progress: bool = False,
               device: str | None = None) -> Run:
     """Train ``model`` on ``data`` into the run directory ``out`` (None keeps everything in memory).
@@ -158,7 +176,7 @@ def train_run(model: str, data: str | Path | Dataset, out: str | Path | None = N
     if out_path is not None:
         _check_run_dir(out_path, resume)
     if resume and out_path is not None and (out_path / CONFIG_FILE).is_file():
-        cfg = RunConfig.build(_load_config_dict(out_path), where="config.yaml")
+        cfg = RunConfig.from_run_dict(_load_config_dict(out_path), where="config.yaml")
         if (out_path / METRICS_FILE).is_file():
             log.info("%s is finished; reloading it", out_path)
             return load_run(out_path)
@@ -171,7 +189,7 @@ def train_run(model: str, data: str | Path | Dataset, out: str | Path | None = N
 
     ds = data if isinstance(data, Dataset) else load_dataset(cfg.data_source, cfg.data)
     if out_path is not None:
-        out_path.mkdir(parents=True, exist_ok=True)
+        make_dir(out_path, "--out folder")
     if isinstance(data, Dataset):
         from .data.preprocess import preprocess
 
@@ -184,7 +202,7 @@ def train_run(model: str, data: str | Path | Dataset, out: str | Path | None = N
         if split_path is not None:
             split.save(split_path)
     if out_path is not None:
-        write_yaml(out_path / CONFIG_FILE, _config_dict(cfg))
+        write_yaml(out_path / CONFIG_FILE, cfg.to_run_dict())
 
     seed_everything(cfg.seed)
     model_obj, tdata = build_model(cfg, ds, split)
@@ -239,12 +257,6 @@ def _final_metrics(cfg: RunConfig, ds: Dataset, split: Split, model: Recommender
     return metrics
 
 
-def _config_dict(cfg: RunConfig) -> dict[str, Any]:
-    d = cfg.to_yaml_dict()
-    d["params"] = d.pop(cfg.model)
-    return d
-
-
 def _load_config_dict(run_dir: Path) -> dict[str, Any]:
     return read_yaml(run_dir / CONFIG_FILE)
 
@@ -262,7 +274,7 @@ def load_run(run_dir: str | Path, *, device: str | None = None) -> Run:
     """Rebuild a saved run: its data (from the recorded source), split, model and best weights."""
     run_dir = Path(run_dir)
     _require_run(run_dir)
-    cfg = RunConfig.build(_load_config_dict(run_dir), where=str(run_dir / CONFIG_FILE))
+    cfg = RunConfig.from_run_dict(_load_config_dict(run_dir), where=str(run_dir / CONFIG_FILE))
     ds = load_dataset(cfg.data_source, cfg.data)
     split = Split.load(run_dir / SPLIT_FILE, ds)
     model, _ = build_model(cfg, ds, split)

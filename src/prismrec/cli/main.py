@@ -12,6 +12,8 @@ Contract (see docs/cli.md):
 * ``prismrec significance RUN_A RUN_B`` runs a paired test; ``prismrec models`` lists models;
 * ``prismrec explain RUN_DIR --user RAW_ID [-k 5] [--plot PNG]`` attributes a sequential model's
   recommendations to history items and modalities;
+* ``prismrec recommend RUN_DIR --users FILE|all --out recs.parquet|recs.csv`` writes many users' top-k;
+* ``prismrec report DIR...`` writes one self-contained HTML report of runs, comparisons, tune studies;
 * ``prismrec pretrain`` / ``prismrec adapt`` / ``prismrec transfer-report``: ANT transfer (docs/models/ant.md);
 * ``prismrec features`` / ``prismrec export`` / ``prismrec serve``: raw items to features, serving bundles, the
   REST service (docs/features.md, docs/serving.md).
@@ -88,10 +90,11 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="torch device (auto, cpu, cuda, cuda:1)"),
 ) -> None:
     """Train one model and write RUN_DIR/metrics.json (test metrics at the best validation epoch)."""
+    from ..config import parse_overrides
     from ..runs import train_run
 
-    run = train_run(model, data, out, config_files=config, overrides=set_, seed=seed, epochs=epochs,
-                    resume=resume, progress=_progress(), device=device)
+    run = train_run(model, data, out, config_files=config, overrides=parse_overrides(set_), seed=seed,
+                    epochs=epochs, resume=resume, progress=_progress(), device=device)
     m = run.metrics
     _print(_metrics_table(m["test"], title=f"{m['model']} on {m['dataset']}: test at best epoch {m['best_epoch']} "
                                            f"(of {m['epochs_run']}, {m['train_seconds']:.1f}s)"))
@@ -119,35 +122,11 @@ def datasets(
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """List bundled datasets and those under data roots (PRISMREC_DATA, ./data, --root) with statistics."""
-    from ..config import DataConfig
-    from ..data import list_known, read_dataset
-    from ..errors import PrismrecError
+    from ..api import datasets as list_datasets
+    from ..report.tables import datasets_table
 
-    if root:
-        os.environ["PRISMREC_DATA"] = os.pathsep.join([*map(str, root), os.environ.get("PRISMREC_DATA", "")])
-    rows = []
-    for name, path in list_known():
-        try:
-            ds = read_dataset(path, DataConfig())
-        except PrismrecError as exc:
-            rows.append({"name": name, "path": str(path), "error": str(exc).split(". ")[0]})
-            continue
-        st = ds.stats()
-        rows.append({"name": name, "path": str(path), **{k: st[k] for k in
-                     ("format", "users", "items", "interactions", "density", "given_split")},
-                     "modalities": "; ".join(st["modalities"].values()) or "-"})
-    if as_json:
-        _print(json.dumps(rows, indent=2))
-        return
-    lines = ["| name | format | users | items | interactions | density | split | modalities |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['name']} | unreadable: {r['error']} | | | | | | |")
-        else:
-            lines.append(f"| {r['name']} | {r['format']} | {r['users']:,} | {r['items']:,} | {r['interactions']:,} | "
-                         f"{r['density']:.5f} | {'given' if r['given_split'] else '-'} | {r['modalities']} |")
-    _print("\n".join(lines))
+    rows = list_datasets(root)
+    _print(json.dumps(rows, indent=2) if as_json else datasets_table(rows).markdown())
 
 
 @app.command()
@@ -163,6 +142,7 @@ def compare(
 ) -> None:
     """Train several models (x seeds) on one split; print and save a Markdown and CSV table."""
     from ..compare import compare as run_compare
+    from ..config import parse_overrides
 
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     log = logging.getLogger("prismrec")
@@ -171,10 +151,13 @@ def compare(
         log.info("%s seed %d: test %s", label, seed,
                  ", ".join(f"{k} {m['test'][k]:.4f}" for k in metrics.split(",") if k in m["test"]))
 
-    res = run_compare(model, data, out, seeds=seed_list, config_files=config, overrides=set_, epochs=epochs,
+    res = run_compare(model, data, out, seeds=seed_list, config_files=config, overrides=parse_overrides(set_),
+                      epochs=epochs,
                       metrics=[m.strip().lower() for m in metrics.split(",")], progress=_progress(), on_run=on_run)
     _print(res.markdown)
     _print(f"tables saved in {out}/results.md and {out}/results.csv")
+    if res.report is not None:
+        _print(f"report saved in {res.report}")
 
 
 @app.command()
@@ -192,47 +175,51 @@ def tune(
 ) -> None:
     """Grid search on VALIDATION, then the chosen setting over several seeds (test mean and spread)."""
     from ..compare import tune as run_tune
-    from ..config import parse_value
-    from ..errors import ConfigError
+    from ..config import parse_grid, parse_overrides
 
-    space: dict[str, list] = {}
-    for g in grid:
-        if "=" not in g:
-            raise ConfigError(f"--grid {g!r} is not KEY=V1,V2. Example: --grid reg_weight=1e-4,1e-3")
-        key, vals = g.split("=", 1)
-        space[key.strip()] = [parse_value(v.strip()) for v in _split_values(vals)]
+    space = parse_grid(grid)
     log = logging.getLogger("prismrec")
     res = run_tune(model, data, out, space, seeds=[int(s) for s in seeds.split(",") if s.strip()],
                    final_seeds=[int(s) for s in final_seeds.split(",") if s.strip()], config_files=config,
-                   overrides=set_, epochs=epochs, select=select.lower(), progress=_progress(),
-                   on_run=lambda label, seed, m: log.info("%s seed %d: valid %s %.4f", label, seed, select,
+                   overrides=parse_overrides(set_), epochs=epochs, select=select.lower(),
+                   progress=_progress(), on_run=lambda label, seed, m: log.info("%s seed %d: valid %s %.4f", label, seed, select,
                                                           m["valid"].get(select.lower(), float("nan"))))
     _print(res.markdown)
-
-
-def _split_values(text: str) -> list[str]:
-    """Split V1,V2 on commas outside brackets, so list values like [1,2] stay whole."""
-    out, depth, cur = [], 0, ""
-    for ch in text:
-        depth += ch in "[{("
-        depth -= ch in "]})"
-        if ch == "," and depth == 0:
-            out.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    return [v for v in [*out, cur] if v.strip()]
 
 
 @app.command()
 def recommend(
     run_dir: Path = typer.Argument(...),
-    user: list[str] = typer.Option(..., "--user", "-u", help="raw user id (repeatable)"),
+    user: list[str] = typer.Option([], "--user", "-u", help="raw user id (repeatable)"),
+    users: Optional[str] = typer.Option(None, "--users", help="batch: FILE (one raw user id per line, or a CSV with "
+                                        "a 'user' column) or 'all' (every user); needs --out"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the recommendations to recs.parquet or "
+                                       "recs.csv instead of printing them"),
     k: int = typer.Option(10, "-k", "--k", min=1, help="number of items"),
     include_seen: bool = typer.Option(False, "--include-seen", help="do not filter items the user already has"),
     as_json: bool = typer.Option(False, "--json"),
+    chunk_users: Optional[int] = typer.Option(None, "--chunk-users", min=1,
+                                              help="users scored at a time with --out (default: as evaluation)"),
 ) -> None:
-    """Print the top-k raw item ids (and titles) for one or more users of a saved run."""
+    """Print the top-k raw item ids (and titles) for one or more users of a saved run, or write them for
+    many users (--users FILE|all --out recs.parquet|recs.csv)."""
+    from ..errors import PrismrecError
+
+    if bool(user) == (users is not None):
+        raise PrismrecError("give the users either with --user RAW_ID (repeatable) or with --users FILE|all, not "
+                            + ("both." if user else "neither.") + " Example: prismrec recommend RUN --users all "
+                            "--out recs.parquet")
+    if out is None and users is not None:
+        raise PrismrecError("--users writes a file. Fix: add --out recs.parquet (or recs.csv).")
+    if out is not None:
+        if as_json:
+            raise PrismrecError("--json prints and --out writes a file. Fix: choose one of them.")
+        from ..api import recommend_batch
+
+        res = recommend_batch(run_dir, out, users if users is not None else user, k, exclude_seen=not include_seen,
+                              chunk_users=chunk_users, progress=_progress())
+        _print(f"wrote {res['rows']:,} recommendations (top {k}) for {res['users']:,} users to {res['out']}")
+        return
     from ..runs import load_run
 
     frame = load_run(run_dir).recommend(user, k, exclude_seen=not include_seen)
@@ -257,16 +244,12 @@ def explain(
 ) -> None:
     """Show how much each history item and each modality contributed to a sequential model's top-k
     recommendations for a user (gradient x input, Demure's contribution), as text and a saved plot."""
-    from ..evaluate.explain import explain_user
-    from ..runs import load_run
+    from ..api import explain as run_explain
 
-    ex = explain_user(load_run(run_dir), user, k)
+    ex, path = run_explain(run_dir, user, k, plot=False if no_plot else (plot or True))
     _print(json.dumps(ex.as_dict(), indent=2) if as_json else ex.text())
-    if not no_plot:
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(user))
-        path = ex.plot(plot or Path(run_dir) / "explain" / f"{safe}.png")
-        if not as_json:
-            _print(f"plot saved to {path}")
+    if path is not None and not as_json:
+        _print(f"plot saved to {path}")
 
 
 @app.command()
@@ -286,13 +269,11 @@ def significance(
 @app.command()
 def models() -> None:
     """List the registered models with their settings and defaults."""
-    from ..models import MODELS
+    from ..api import describe_models
 
-    for name in MODELS.names():
-        cls = MODELS.get(name)
-        fields = ", ".join(f"{k}={v.default!r}" for k, v in cls.Config.model_fields.items())
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        _print(f"{name:12s} [{cls.family}] {doc}\n{'':12s} {fields or '(no settings)'}")
+    for m in describe_models():
+        fields = ", ".join(f"{k}={v!r}" for k, v in m["settings"].items())
+        _print(f"{m['name']:12s} [{m['family']}] {m['doc']}\n{'':12s} {fields or '(no settings)'}")
 
 
 @app.command()
@@ -307,29 +288,18 @@ def align(
     set_: list[str] = typer.Option([], "--set", "-s", help="data override KEY=VALUE (e.g. data.kcore=5)"),
 ) -> None:
     """AlignRec stage 1: align the item modalities into ONE feature and write it as a feature file."""
-    from ..data import load_dataset
-    from ..data.features_io import save_item_features
-    from ..errors import PrismrecError
+    from ..api import align as run_align
+    from ..config import parse_overrides
     from ..evaluate.feature_quality import data_config
-    from ..models.general.alignrec_stage1 import AlignConfig, retrieval_table, train_alignment
+    from ..report.tables import retrieval_table
 
-    ds = load_dataset(data, data_config(config, set_))
-    names = sorted(modality or ds.modalities)
-    unknown = [n for n in names if n not in ds.modalities]
-    if unknown or len(names) < 2:
-        raise PrismrecError(f"prismrec align needs two or more modalities; dataset '{ds.name}' has "
-                            f"{', '.join(sorted(ds.modalities)) or 'none'}"
-                            + (f" (unknown: {', '.join(unknown)})" if unknown else "") + ".")
-    res = train_alignment({n: ds.modalities[n] for n in names}, AlignConfig(epochs=epochs, seed=seed, dim=dim))
-    rep = res.report
-    save_item_features(out, ds.item_ids, res.values, available=res.available,
-                       provenance={"encoder": "prismrec align (AlignRec stage 1)", "dataset": ds.name,
-                                   "modalities": names, "settings": rep["settings"],
-                                   "epochs_run": rep["epochs_run"], "best_epoch": rep["best_epoch"]})
-    _print(f"stage 1 on {ds.name}: {', '.join(names)} -> {dim}-d, best held-out loss at epoch {rep['best_epoch']} "
-           f"(of {rep['epochs_run']}); held-out retrieval:\n")
-    _print(retrieval_table(rep))
-    _print(f"\nwrote {out} ({int(res.available.sum())} of {len(res.available)} items with a feature); use it with "
+    res = run_align(data, out, data_config=data_config(config, parse_overrides(set_)), modalities=modality,
+                    epochs=epochs, seed=seed, dim=dim)
+    rep = res["report"]
+    _print(f"stage 1 on {res['dataset']}: {', '.join(res['modalities'])} -> {dim}-d, best held-out loss at epoch "
+           f"{rep['best_epoch']} (of {rep['epochs_run']}); held-out retrieval:\n")
+    _print(retrieval_table(rep).markdown())
+    _print(f"\nwrote {out} ({res['available']} of {res['items']} items with a feature); use it with "
            f"--set 'data.extra_features={{aligned: {out}}}'")
 
 
@@ -347,23 +317,18 @@ def evaluate_features(
     set_: list[str] = typer.Option([], "--set", "-s", help="data override KEY=VALUE (e.g. data.kcore=5)"),
 ) -> None:
     """Judge item features without training a recommender: zero-shot, item-kNN CF, masked modality."""
-    from ..data import load_dataset, make_split
-    from ..evaluate.feature_quality import data_config, feature_quality
-    from ..models.general.alignrec_stage1 import AlignConfig
-    from ..utils.io import write_json
+    from ..api import feature_quality
+    from ..config import parse_overrides
+    from ..evaluate.feature_quality import data_config
 
     if stage not in ("test", "valid"):
         raise typer.BadParameter("--stage is test or valid")
-    cfg = data_config(config, set_)
-    ds = load_dataset(data, cfg)
-    split = make_split(ds, cfg)
-    rep = feature_quality(ds, split, modalities=modality or None, k=k, aligned=aligned,
-                          align_cfg=AlignConfig(seed=seed), mask_ratio=mask_ratio, seed=seed, stage=stage,
-                          filter_cold_users=cfg.filter_cold_users)
-    _print(f"feature quality on {ds.name} ({stage}, item-kNN k={k}, {100 * mask_ratio:.0f} % of items masked):\n")
+    rep = feature_quality(data, data_config=data_config(config, parse_overrides(set_)),
+                          modalities=modality or None, k=k, aligned=aligned, mask_ratio=mask_ratio, seed=seed, stage=stage, out=out)
+    _print(f"feature quality on {rep.settings['dataset']} ({stage}, item-kNN k={k}, {100 * mask_ratio:.0f} % of items "
+           f"masked):\n")
     _print(rep.markdown())
     if out is not None:
-        write_json(out, rep.as_dict())
         _print(f"\nsaved {out}")
 
 
@@ -385,46 +350,12 @@ def features(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads"),
 ) -> None:
     """Encode raw item text, images, captions or prices into a feature file any model can use."""
-    from ..errors import PrismrecError
-    from ..features.encoders import build_encoder
-    from ..features.extract import extract, pick_column, read_items
+    from ..api import extract_features
 
-    if (data is None) == (items is None):
-        raise PrismrecError("give exactly one of --data (a dataset) or --items (an item table).")
-    if modality not in ("text", "image", "caption", "price"):
-        raise PrismrecError(f"unknown --modality {modality!r}. Fix: --modality text, image, caption or price.")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    order = None
-    if data is not None:
-        from ..data import read_dataset
-        from ..config import DataConfig
-
-        ds = read_dataset(data, DataConfig())
-        table = ds.items.copy()
-        table["item_id"] = ds.item_ids.astype(str)
-        order = ds.item_ids
-        root = image_root or Path(ds.source.get("path", ".") if isinstance(ds.source, dict) else ".")
-        name = ds.name
-    else:
-        table = read_items(items)
-        root = image_root or items.parent
-        name = items.stem
-    if limit:
-        table, order = table.iloc[:limit].reset_index(drop=True), None
-    col = pick_column(table, modality, column)
-    stats = None
-    if modality == "price":
-        from ..features.encoders import PriceEncoder
-
-        stats = PriceEncoder(encoder or "log-quantile").fit(table[col].tolist()).settings
-    enc = build_encoder(modality, encoder, captioner=captioner, text_spec=text_encoder, image_root=root,
-                        batch_size=batch_size, price_stats=stats)
-    cache_dir = None if no_cache else (cache or out.expanduser().parent / ".prismrec-cache")
-    res = extract(table, enc, column=col, modality=modality, out=out, cache_dir=cache_dir, batch_size=batch_size,
-                  image_root=root, dataset=name, progress=_progress(), item_order=order)
+    res = extract_features(modality, out, data=data, items=items, encoder=encoder, column=column,
+                           image_root=image_root, captioner=captioner, text_encoder=text_encoder,
+                           batch_size=batch_size, cache=cache, use_cache=not no_cache, limit=limit, threads=threads,
+                           progress=_progress())
     m = res.manifest
     miss = ", ".join(f"{k} {v}" for k, v in m["missing"].items()) or "none"
     rate = f", {m['items_per_second']} items/s" if m["items_per_second"] else ""
@@ -433,17 +364,18 @@ def features(
     _print(f"wrote {res.out} and {res.out.name}.manifest.json")
 
 
-def _encoder_sets(encoder: list[str]) -> list[str]:
-    """--encoder MODALITY=NAME -> ant.feature_encoders.MODALITY=NAME overrides."""
+def _transfer_overrides(encoder: list[str], set_: list[str]) -> dict:
+    """``--encoder MODALITY=NAME`` (as ``ant.feature_encoders.MODALITY``) then ``--set``, as one typed mapping."""
+    from ..config import merge_overrides, parse_overrides
     from ..errors import ConfigError
 
-    out = []
+    encoders = {}
     for e in encoder:
         if "=" not in e:
             raise ConfigError(f"--encoder {e!r} is not MODALITY=NAME. Example: --encoder text=all-MiniLM-L6-v2")
         m, name = e.split("=", 1)
-        out.append(f"ant.feature_encoders.{m.strip()}={json.dumps(name.strip())}")
-    return out
+        encoders[f"ant.feature_encoders.{m.strip()}"] = name.strip()
+    return merge_overrides(encoders, parse_overrides(set_))
 
 
 @app.command()
@@ -459,9 +391,9 @@ def pretrain(
     resume: bool = typer.Option(False, "--resume", help="continue the pre-training in --out from its last epoch"),
 ) -> None:
     """ANT multi-domain pre-training (batches mix the domains); refuses to mix feature spaces."""
-    from ..train.transfer import pretrain as run_pretrain
+    from ..transfer import pretrain as run_pretrain
 
-    meta = run_pretrain(data, out, config_files=config, overrides=[*_encoder_sets(encoder), *set_], seed=seed,
+    meta = run_pretrain(data, out, config_files=config, overrides=_transfer_overrides(encoder, set_), seed=seed,
                         epochs=epochs, device=device, progress=_progress(), resume=resume)
     mods = ", ".join(f"{m} ({s['encoder']}, {s['dim']}-d)" for m, s in meta["modalities"].items())
     _print(f"pre-trained ANT on {', '.join(s['name'] for s in meta['sources'])} [{mods}]: {meta['epochs_run']} epochs, "
@@ -484,10 +416,10 @@ def adapt(
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """Adapt a pre-trained ANT to a target dataset; writes a run directory like prismrec train."""
-    from ..train.transfer import adapt as run_adapt
+    from ..transfer import adapt as run_adapt
 
-    run = run_adapt(pretrained, data, strategy, out, config_files=config, overrides=[*_encoder_sets(encoder), *set_],
-                    seed=seed, epochs=epochs, resume=resume, progress=_progress(), device=device)
+    run = run_adapt(pretrained, data, strategy, out, config_files=config,
+                    overrides=_transfer_overrides(encoder, set_), seed=seed, epochs=epochs, resume=resume, progress=_progress(), device=device)
     m = run.metrics
     _print(_metrics_table(m["test"], title=f"ant ({strategy}) on {m['dataset']}: test at best epoch {m['best_epoch']} "
                                            f"(of {m['epochs_run']}, {m['train_seconds']:.1f}s)"))
@@ -502,7 +434,7 @@ def transfer_report(
     no_plot: bool = typer.Option(False, "--no-plot"),
 ) -> None:
     """Each strategy against scratch per target: mean +- std, difference, paired test, negative-transfer flag."""
-    from ..train.transfer import transfer_report as report, write_report
+    from ..report.transfer import transfer_report as report, write_report
 
     ms = [x.strip().lower() for x in metrics.split(",") if x.strip()]
     if out is not None:
@@ -515,16 +447,33 @@ def transfer_report(
 
 
 @app.command()
+def report(
+    paths: list[Path] = typer.Argument(..., help="run directories, compare / tune / transfer-report folders, "
+                                       "feature-quality JSON files"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default DIR/report.html for one "
+                                       "folder, ./report.html for several)"),
+    title: Optional[str] = typer.Option(None, "--title", help="page title"),
+    no_explain: bool = typer.Option(False, "--no-explain", help="leave out the attribution example of sequential runs"),
+) -> None:
+    """One self-contained HTML file (plots embedded, nothing fetched when viewed): curves, bars with error
+    bars over seeds, paired tests, segments, feature quality, attribution examples."""
+    from ..api import report as run_report
+
+    path = run_report(paths, out, title=title, explain=not no_explain)
+    _print(f"report written to {path}")
+
+
+@app.command()
 def export(
     run_dir: Path = typer.Argument(..., help="a finished run directory"),
     out: Path = typer.Option(..., "--out", "-o", help="bundle directory to create"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the files of an existing bundle"),
 ) -> None:
     """Write a self-contained serving bundle (item/user vectors, id maps, titles, config, weights)."""
-    from ..serve.bundle import export_bundle, load_bundle
+    from ..api import export as run_export
 
-    path = export_bundle(run_dir, out, overwrite=overwrite)
-    b = load_bundle(path)
+    b = run_export(run_dir, out, overwrite=overwrite)
+    path = b.path
     _print(f"bundle {path}: {b.meta['model']} on {b.meta['dataset']}, {len(b.item_ids)} items x {b.meta['dim']}-d, "
            f"{len(b.user_ids)} users; serve it with: PRISMREC_API_KEY=... prismrec serve {path}")
 
@@ -540,34 +489,25 @@ def serve(
     max_k: int = typer.Option(100, "--max-k", min=1, help="largest k a request may ask for"),
     max_body_mb: float = typer.Option(8.0, "--max-body-mb", min=0.01, help="largest request body (MiB)"),
     workers_threads: int = typer.Option(1, "--threads", min=1, help="torch/FAISS threads per request"),
+    workers: int = typer.Option(1, "--workers", min=1, help="service processes (they share the item store)"),
+    store: Optional[str] = typer.Option(None, "--store", help="item store database URL (e.g. "
+                                        "postgresql+psycopg://user@host/db) shared by several machines; default: "
+                                        "SQLite in the state folder"),
     cold_start: str = typer.Option("knn", "--cold-start",
                                    help="placing added items: knn (feature neighbours) or model (LIRDRec's item tower)"),
 ) -> None:
     """Serve a bundle over HTTP (FastAPI; API key from PRISMREC_API_KEY in the X-API-Key header)."""
-    from ..errors import PrismrecError
-    from ..serve.app import ServeSettings, create_app
+    from ..api import serve as run_serve
 
-    key = os.environ.get("PRISMREC_API_KEY", "")
-    if not key:
-        raise PrismrecError("PRISMREC_API_KEY is not set. Fix: export PRISMREC_API_KEY=<a secret>; clients send it "
-                            "in the X-API-Key header.")
-    try:
-        import uvicorn
-    except ImportError:
-        raise PrismrecError("prismrec serve needs uvicorn and fastapi. Fix: pip install 'prismrec[serve]'.") from None
-    settings = ServeSettings(api_key=key, state_dir=state, ann_threshold=ann_threshold, max_k=max_k,
-                             max_body_bytes=int(max_body_mb * 2 ** 20), threads=workers_threads, cold_start=cold_start)
-    uvicorn.run(create_app(bundle, settings), host=host, port=port, timeout_keep_alive=30,
-                log_level="warning" if _STATE["quiet"] else "info")
+    run_serve(bundle, host=host, port=port, log_level="warning" if _STATE["quiet"] else "info", state_dir=state,
+              ann_threshold=ann_threshold, max_k=max_k, max_body_bytes=int(max_body_mb * 2 ** 20),
+              threads=workers_threads, cold_start=cold_start, workers=workers, store_url=store)
 
 
 def _metrics_table(metrics: dict, title: str) -> str:
-    names = sorted({k.split("@")[0] for k in metrics})
-    ks = sorted({int(k.split("@")[1]) for k in metrics})
-    lines = [title, "", "| metric | " + " | ".join(f"@{k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
-    for n in names:
-        lines.append(f"| {n} | " + " | ".join(f"{metrics.get(f'{n}@{k}', float('nan')):.4f}" for k in ks) + " |")
-    return "\n".join(lines)
+    from ..report.tables import metrics_table
+
+    return metrics_table(metrics, title).markdown()
 
 
 def main() -> None:
@@ -585,6 +525,18 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted; a run resumes with the same command plus --resume", err=True)
         sys.exit(130)
+    except OSError as exc:  # a disk or permission problem outside the atomic writers: the path and the fix
+        from ..utils.io import user_os_error
+
+        err = None if debug else user_os_error(exc)
+        if err is None:
+            if debug:
+                raise
+            typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (run again with --debug for the traceback, "
+                       "and please report it)", err=True)
+            sys.exit(1)
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
     except Exception as exc:  # a bug or an environment problem: still one paragraph unless --debug
         if debug:
             raise

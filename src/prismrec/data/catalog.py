@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
+from typing import Any, Sequence
 
 from ..errors import DataError
 
@@ -28,8 +29,10 @@ def bundled_names() -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
 
 
-def data_roots() -> list[Path]:
-    roots = [Path(p).expanduser() for p in os.environ.get("PRISMREC_DATA", "").split(os.pathsep) if p]
+def data_roots(extra: Sequence[str | os.PathLike] = ()) -> list[Path]:
+    """Existing data roots in lookup order: ``extra``, then ``PRISMREC_DATA``, then ``./data``."""
+    roots = [Path(p).expanduser() for p in extra]
+    roots += [Path(p).expanduser() for p in os.environ.get("PRISMREC_DATA", "").split(os.pathsep) if p]
     roots.append(Path("data"))
     return [r for r in roots if r.is_dir()]
 
@@ -55,10 +58,10 @@ def resolve_source(source: str | os.PathLike) -> Path:
     )
 
 
-def list_known() -> list[tuple[str, Path]]:
-    """(name, path) of bundled datasets and of every folder under the data roots."""
+def list_known(extra_roots: Sequence[str | os.PathLike] = ()) -> list[tuple[str, Path]]:
+    """(name, path) of bundled datasets and of every folder under the data roots (``extra_roots`` first)."""
     out = [(n, bundled_root() / n) for n in bundled_names()]
-    for root in data_roots():
+    for root in data_roots(extra_roots):
         for q in sorted(root.iterdir()):
             if q.is_dir() and not q.name.startswith("."):
                 out.append((q.name, q.resolve()))
@@ -76,3 +79,25 @@ def canonical_source(source: str | os.PathLike) -> str:
     if text in bundled_names() and path == bundled_root() / text:
         return text
     return str(path)
+
+
+def dataset_stats(extra_roots: Sequence[str | os.PathLike] = ()) -> list[dict[str, Any]]:
+    """One row per known dataset (:func:`list_known`): name, path, format, users, items,
+    interactions, density, given_split and modalities, or ``error`` (the first sentence of why it
+    cannot be read)."""
+    from ..config import DataConfig
+    from ..errors import PrismrecError
+    from . import read_dataset
+
+    rows: list[dict[str, Any]] = []
+    for name, path in list_known(extra_roots):
+        try:
+            ds = read_dataset(path, DataConfig())
+        except PrismrecError as exc:
+            rows.append({"name": name, "path": str(path), "error": str(exc).split(". ")[0]})
+            continue
+        st = ds.stats()
+        rows.append({"name": name, "path": str(path), **{k: st[k] for k in
+                     ("format", "users", "items", "interactions", "density", "given_split")},
+                     "modalities": "; ".join(st["modalities"].values()) or "-"})
+    return rows

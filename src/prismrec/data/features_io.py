@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ..errors import DataError
 from ..utils.io import write_npz
 from .dataset import Dataset, Modality
-from .validate import check_feature_matrix
+from .validate import check_feature_matrix, check_unique_ids, load_array, load_npz
 
 
 def save_item_features(path: str | Path, ids: np.ndarray, values: np.ndarray, *, available: np.ndarray | None = None,
@@ -45,23 +46,30 @@ def load_item_features(ds: Dataset, name: str, path: str | Path) -> Modality:
         raise DataError(f"feature file for modality '{name}' not found.", file=str(p),
                         fix="check data.extra_features (name: path to .npz or .npy).")
     if p.suffix == ".npy":
-        values = check_feature_matrix(np.load(p, allow_pickle=False), file=str(p), n_rows=ds.n_items, modality=name)
+        values = check_feature_matrix(load_array(p), file=str(p), n_rows=ds.n_items, modality=name)
         return Modality(name, values, None, {"file": str(p), "encoder": "unknown"})
+    z = load_npz(p, fix="write it with prismrec.data.features_io.save_item_features (arrays ids, values, "
+                        "optional available and provenance; no object arrays).")
+    for key in ("ids", "values"):
+        if key not in z:
+            raise DataError(f"missing array '{key}' (has {', '.join(z)}).", file=str(p),
+                            fix="write it with prismrec.data.features_io.save_item_features.")
+    ids = z["ids"].astype(str).reshape(-1)
+    values = check_feature_matrix(z["values"], file=str(p), modality=name)
+    if len(ids) != len(values):
+        raise DataError(f"{len(ids)} ids but {len(values)} feature rows.", file=str(p),
+                        fix="write one id per feature row.")
+    check_unique_ids(pd.Series(ids), kind="item", file=str(p), column="ids")
+    avail_in = z["available"].astype(bool).reshape(-1) if "available" in z else np.ones(len(ids), bool)
+    if len(avail_in) != len(ids):
+        raise DataError(f"{len(avail_in)} availability flags but {len(ids)} ids.", file=str(p),
+                        fix="write one boolean per id in 'available'.")
     try:
-        z = np.load(p, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read as .npz: {exc}", file=str(p)) from None
-    with z:
-        for key in ("ids", "values"):
-            if key not in z.files:
-                raise DataError(f"missing array '{key}' (has {', '.join(z.files)}).", file=str(p),
-                                fix="write it with prismrec.data.features_io.save_item_features.")
-        ids = z["ids"].astype(str)
-        values = check_feature_matrix(z["values"], file=str(p), modality=name)
-        if len(ids) != len(values):
-            raise DataError(f"{len(ids)} ids but {len(values)} feature rows.", file=str(p))
-        avail_in = z["available"].astype(bool) if "available" in z.files else np.ones(len(ids), bool)
-        prov = json.loads(str(z["provenance"])) if "provenance" in z.files else {}
+        prov = json.loads(str(z["provenance"])) if "provenance" in z else {}
+    except ValueError:
+        raise DataError("the 'provenance' array is not a JSON string.", file=str(p),
+                        fix="store provenance as a JSON string, or leave it out.") from None
+    prov = prov if isinstance(prov, dict) else {}
     pos = {raw: i for i, raw in enumerate(ids)}
     rows = np.asarray([pos.get(str(raw), -1) for raw in ds.item_ids], dtype=np.int64)
     found = rows >= 0

@@ -52,6 +52,47 @@ STAGES = {"train": TRAIN, "valid": VALID, "test": TEST}
 SPLIT_RULES: Registry[Callable[[Dataset, DataConfig], np.ndarray]] = Registry("split rule")
 
 
+HISTORY_STAGES: dict[str, tuple[str, ...]] = {"valid": ("train",), "test": ("train", "valid"), "all": ("all",)}
+
+
+class History:
+    """What is known about every user at scoring time: the input of a model's ``prepare_scoring``.
+
+    ``matrix`` is the binary user x item CSR matrix of the known interactions and ``sequences`` each
+    user's chronological items as ``(indptr, items)`` (``items[indptr[u]:indptr[u + 1]]``). Either may be
+    given as an array or as a function that builds it on first use (general models never read the
+    sequences, sequential models never the matrix).
+    """
+
+    def __init__(self, matrix: sp.csr_matrix | Callable[[], sp.csr_matrix],
+                 sequences: tuple[np.ndarray, np.ndarray] | Callable[[], tuple[np.ndarray, np.ndarray]],
+                 *, stage: str = "custom"):
+        self._matrix, self._sequences, self.stage = matrix, sequences, stage
+
+    @property
+    def matrix(self) -> sp.csr_matrix:
+        if callable(self._matrix):
+            self._matrix = self._matrix()
+        return self._matrix
+
+    @property
+    def sequences(self) -> tuple[np.ndarray, np.ndarray]:
+        if callable(self._sequences):
+            self._sequences = self._sequences()
+        return self._sequences
+
+    def __repr__(self) -> str:
+        return f"History(stage={self.stage!r})"
+
+
+def _binary_sum(mats: list[sp.csr_matrix]) -> sp.csr_matrix:
+    out = mats[0] if len(mats) == 1 else sum(mats[1:], mats[0]).tocsr()
+    if len(mats) > 1:
+        out.sum_duplicates()
+        out.data[:] = 1.0
+    return out
+
+
 @dataclass
 class Split:
     """Labelled interactions of one dataset; see the module docstring for the rules."""
@@ -113,6 +154,19 @@ class Split:
 
     def counts(self) -> dict[str, int]:
         return {name: int((self.labels == lab).sum()) for name, lab in STAGES.items()}
+
+    def history(self, stage: str) -> "History":
+        """The interactions known when scoring ``stage``: train for ``valid``, train + valid for ``test``,
+        everything for ``all`` (serving). Cached per stage; its parts are built on first use."""
+        if stage not in HISTORY_STAGES:
+            raise ValueError(f"unknown scoring stage {stage!r}; one of {', '.join(HISTORY_STAGES)}")
+        cache = self.__dict__.setdefault("_histories", {})
+        if stage not in cache:
+            parts = HISTORY_STAGES[stage]
+            cache[stage] = History(
+                lambda: _binary_sum([self.matrix(p) for p in (("train", "valid", "test") if parts == ("all",) else parts)]),
+                lambda: self.sequences(parts), stage=stage)
+        return cache[stage]
 
     def sequences(self, stages: tuple[str, ...] = ("train",)) -> tuple[np.ndarray, np.ndarray]:
         """Interactions of the given stages in (user, time) order: returns (indptr, items).

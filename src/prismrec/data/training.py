@@ -9,7 +9,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .dataset import Dataset, Modality
-from .split import Split
+from .split import History, Split
 
 
 @dataclass
@@ -28,19 +28,25 @@ class TrainingData:
     modalities: dict[str, Modality] = field(default_factory=dict)
     items: pd.DataFrame | None = None
     train_items: np.ndarray | None = None
-    _split: Split | None = field(default=None, repr=False)
+    history: History | None = field(default=None, repr=False)
 
     @classmethod
     def from_split(cls, ds: Dataset, split: Split) -> "TrainingData":
         return cls(name=ds.name, n_users=ds.n_users, n_items=ds.n_items, train=split.train,
                    modalities=dict(ds.modalities), items=ds.items, train_items=split.train_items(),
-                   _split=split)
+                   history=split.history("valid"))
+
+    def __post_init__(self) -> None:
+        if self.history is None:  # no chronology given: the training matrix alone
+            self.history = History(self.train, self._no_sequences, stage="train")
+
+    @staticmethod
+    def _no_sequences() -> tuple[np.ndarray, np.ndarray]:
+        raise ValueError("this TrainingData was built without training sequences (pass history=History(...))")
 
     def sequences(self) -> tuple[np.ndarray, np.ndarray]:
         """Chronological training sequences ``(indptr, items)`` (see :meth:`Split.sequences`)."""
-        if self._split is None:
-            raise ValueError("this TrainingData was built without a split; sequences are unknown")
-        return self._split.sequences(("train",))
+        return self.history.sequences
 
     def item_popularity(self) -> np.ndarray:
         return np.asarray(self.train.sum(axis=0)).ravel()

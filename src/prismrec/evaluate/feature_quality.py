@@ -29,10 +29,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ..config import DataConfig, parse_value, read_yaml
+from ..config import DataConfig, OverridesLike, read_yaml, resolve_data_config
 from ..data.dataset import Dataset, Modality
 from ..data.split import Split
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..graphs.knn import knn_graph, l2_normalize
 from .ranking import RankingEvaluator
 
@@ -124,14 +124,9 @@ class FeatureQualityReport:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def markdown(self) -> str:
-        head = "| features | protocol | masked | " + " | ".join(c.replace("recall", "R").replace("ndcg", "N")
-                                                             for c in COLUMNS) + " | ΔR@20 |"
-        lines = [head, "|---|---|---|" + "---|" * (len(COLUMNS) + 1)]
-        for r in self.rows:
-            drop = f"{100 * r['drop_recall@20']:+.1f} %" if r.get("drop_recall@20") is not None else ""
-            lines.append(f"| {r['features']} | {r['protocol']} | {r['masked'] or '-'} | "
-                         + " | ".join(f"{r['metrics'][c]:.4f}" for c in COLUMNS) + f" | {drop} |")
-        return "\n".join(lines)
+        from ..report.tables import feature_quality_table
+
+        return feature_quality_table(self.rows, COLUMNS).markdown()
 
     def as_dict(self) -> dict[str, Any]:
         return {"settings": self.settings, "rows": self.rows}
@@ -199,16 +194,7 @@ def feature_quality(ds: Dataset, split: Split, *, modalities: Sequence[str] | No
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def data_config(config_files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> DataConfig:
-    """A :class:`DataConfig` from the ``data:`` sections of YAML files and ``[data.]KEY=VALUE`` overrides
-    (the data part of what ``prismrec train`` accepts)."""
-    values: dict[str, Any] = {}
-    for path in config_files:
-        values.update(read_yaml(path).get("data") or {})
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"Override '{item}' is not KEY=VALUE. Example: --set data.kcore=5")
-        key, raw = item.split("=", 1)
-        key = key.strip().lower()
-        values[key[5:] if key.startswith("data.") else key] = parse_value(raw.strip())
-    return DataConfig.build(values, where="data")
+def data_config(config_files: Sequence[str | Path] = (), overrides: OverridesLike = ()) -> DataConfig:
+    """A :class:`DataConfig` from the ``data:`` sections of YAML files and ``[data.]KEY`` overrides (a typed
+    mapping or ``KEY=VALUE`` strings: the data part of what ``prismrec train`` accepts)."""
+    return resolve_data_config([read_yaml(p) for p in config_files], overrides)

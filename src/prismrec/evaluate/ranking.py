@@ -9,7 +9,7 @@ users x items score matrix never exists.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -17,6 +17,9 @@ import torch
 
 from ..data.split import Split
 from .metrics import METRICS, per_user_metrics, summarise
+
+if TYPE_CHECKING:
+    from ..models.base import Recommender
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -45,6 +48,21 @@ def rows_of(mat: sp.csr_matrix, users: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return rows, cols
 
 
+def top_k(scores: torch.Tensor, k: int, exclude: tuple[np.ndarray, np.ndarray] | None = None
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one "mask, then take the top k" rule of evaluation, ``recommend`` and the service.
+
+    ``exclude`` holds ``(row, column)`` pairs set to ``-inf`` in ``scores`` (in place) first; ``k`` is
+    clipped to the number of columns. Returns ``(values, indices)``, best first; excluded entries can
+    only appear (with ``-inf``) when a row has fewer than ``k`` others.
+    """
+    if exclude is not None and len(exclude[0]):
+        r, c = exclude
+        scores[torch.as_tensor(r, device=scores.device), torch.as_tensor(c, device=scores.device)] = -torch.inf
+    top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+    return top.values, top.indices
+
+
 def auto_chunk(n_items: int, requested: int = 0) -> int:
     if requested > 0:
         return requested
@@ -68,8 +86,17 @@ class RankingEvaluator:
             mask.data[:] = 1.0
         self.mask = mask if mask_history else sp.csr_matrix(mask.shape, dtype=np.float32)
         self.users = split.eval_users(stage, filter_cold_users) if users is None else np.asarray(users)
+        self.history = split.history(stage)
         self.chunk = auto_chunk(split.n_items, chunk_users)
         self.n_truth = np.diff(self.truth.indptr)[self.users]
+
+    def evaluate_model(self, model: "Recommender", **kwargs) -> EvalResult:
+        """Evaluate ``model`` through the scoring contract: ``prepare_scoring`` with what is known at this
+        stage (``split.history(stage)``), then ``score`` on chunks of users (see :meth:`evaluate`)."""
+        model.eval()
+        with torch.no_grad():
+            model.prepare_scoring(self.history)
+            return self.evaluate(model.score, device=model.device, **kwargs)
 
     def evaluate(self, score_fn: ScoreFn, *, keep_per_user: bool = False, keep_topk: bool = False,
                  item_groups: dict[str, np.ndarray] | None = None, device: torch.device | None = None
@@ -88,10 +115,7 @@ class RankingEvaluator:
             for start in range(0, len(self.users), self.chunk):
                 users = self.users[start:start + self.chunk]
                 scores = score_fn(torch.as_tensor(users, dtype=torch.long, device=device)).float()
-                r, c = rows_of(self.mask, users)
-                if len(r):
-                    scores[torch.as_tensor(r, device=scores.device), torch.as_tensor(c, device=scores.device)] = -torch.inf
-                idx = torch.topk(scores, kmax, dim=1).indices
+                idx = top_k(scores, kmax, rows_of(self.mask, users))[1]
                 truth = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
                 r, c = rows_of(self.truth, users)
                 truth[torch.as_tensor(r, device=scores.device), torch.as_tensor(c, device=scores.device)] = True

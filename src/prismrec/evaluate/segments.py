@@ -8,12 +8,29 @@ import scipy.sparse as sp
 from .metrics import summarise
 
 ACTIVITY_EDGES = (1, 5, 10, 20, 50)
+POPULAR_SHARE = 0.2  # share of the warm items counted as popular (the "short head")
 
 
-def item_groups(train: sp.csr_matrix) -> dict[str, np.ndarray]:
-    """``warm_items``: items with a training interaction; ``cold_items``: items with none."""
-    seen = np.asarray(train.sum(axis=0)).ravel() > 0
-    return {"warm_items": seen, "cold_items": ~seen}
+def item_groups(train: sp.csr_matrix, popular_share: float = POPULAR_SHARE) -> dict[str, np.ndarray]:
+    """Boolean masks over items, by popularity in training.
+
+    ``warm_items``: items with a training interaction; ``cold_items``: items with none;
+    ``popular_items``: the ``popular_share`` of warm items with the most training interactions (ties
+    broken by internal id); ``long_tail_items``: the other warm items. The two popularity groups are
+    left out when either would be empty (fewer than a handful of warm items).
+    """
+    counts = np.diff(sp.csc_matrix(train).indptr)
+    seen = counts > 0
+    groups = {"warm_items": seen, "cold_items": ~seen}
+    warm = np.flatnonzero(seen)
+    n_popular = int(round(popular_share * len(warm)))
+    if 0 < n_popular < len(warm):
+        order = warm[np.lexsort((warm, -counts[warm]))]  # most interactions first, then by id
+        popular = np.zeros(len(counts), dtype=bool)
+        popular[order[:n_popular]] = True
+        groups["popular_items"] = popular
+        groups["long_tail_items"] = seen & ~popular
+    return groups
 
 
 def activity_buckets(per_user: dict[str, np.ndarray], users: np.ndarray, train: sp.csr_matrix,

@@ -24,7 +24,6 @@ Outputs: ``.npz`` (raw item ids + values + available + provenance; attach with
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import platform
 import time
@@ -37,8 +36,8 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
-from ..errors import PrismrecError
-from ..utils.io import write_json, write_npz
+from ..errors import DataError, PrismrecError
+from ..utils.io import check_out_dir, make_dir, read_json, write_json, write_npz
 from .encoders import Encoder
 
 log = logging.getLogger("prismrec")
@@ -62,22 +61,55 @@ class ExtractResult:
 
 
 def read_items(path: str | Path) -> pd.DataFrame:
-    """A plain item table (CSV/TSV/JSONL/Parquet) with an ``item_id`` column (``asin``/``itemID`` accepted)."""
+    """A plain item table (CSV/TSV/JSONL/Parquet) with an ``item_id`` column (``asin``/``itemID`` accepted).
+
+    Text must be UTF-8; the file must hold at least one item, each id once and non-empty; problems are
+    DataErrors naming the file, row and column."""
+    from ..data.readers.common import read_table
+    from ..data.validate import check_header, check_unique_ids
+
     p = Path(path).expanduser()
+    fix = "give a UTF-8 CSV/TSV/JSONL/Parquet file with an item_id column and one row per item."
     if not p.is_file():
-        raise PrismrecError(f"items file {p} not found. Fix: give a CSV/TSV/JSONL/Parquet file with an item_id column.")
+        raise DataError("items file not found.", file=str(p), fix=fix)
+    if p.stat().st_size == 0:
+        raise DataError("the items file is empty.", file=str(p), fix=fix)
     name = p.name.lower()
     if name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
-        df = pd.read_json(p, lines=name.endswith((".jsonl", ".jsonl.gz")), dtype=False)
+        try:
+            df = pd.read_json(p, lines=name.endswith((".jsonl", ".jsonl.gz")), dtype=False, encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"the file is not UTF-8 text ({exc.reason}).", file=str(p),
+                            fix="re-save it as UTF-8 (JSON is always UTF-8).") from None
+        except ValueError as exc:
+            raise DataError(f"cannot parse as {'JSON lines' if 'jsonl' in name else 'JSON'}: {exc}", file=str(p),
+                            fix="write one JSON object per line (.jsonl) or a JSON array of objects (.json).") from None
     elif name.endswith(".parquet"):
-        df = pd.read_parquet(p)
+        try:
+            df = pd.read_parquet(p)
+        except ImportError:
+            raise DataError("reading Parquet needs the pyarrow package.", file=str(p),
+                            fix="pip install pyarrow (or convert the file to CSV).") from None
+        except (OSError, ValueError, TypeError) as exc:  # pyarrow's errors subclass these
+            raise DataError(f"cannot read as Parquet: {exc}", file=str(p), fix=fix) from None
+        check_header(df.columns, file=str(p))
     else:
-        df = pd.read_csv(p, sep="," if ".csv" in name else "\t", dtype=str, keep_default_na=False)
-    for alt in ("item_id", "itemID", "item_id:token", "asin", "id"):
-        if alt in df.columns:
-            return df.rename(columns={alt: "item_id"}).assign(item_id=lambda d: d["item_id"].astype(str))
-    raise PrismrecError(f"{p} has no item_id column (columns: {', '.join(map(str, df.columns[:10]))}). "
-                        "Fix: name the id column item_id.")
+        df = read_table(p, sep="," if ".csv" in name else "\t", dtype=str, keep_default_na=False)
+    col = next((alt for alt in ("item_id", "itemID", "item_id:token", "asin", "id") if alt in df.columns), None)
+    if col is None:
+        raise DataError(f"no item_id column (columns: {', '.join(map(str, df.columns[:10]))}).", file=str(p),
+                        column="item_id", fix="name the id column item_id.")
+    if len(df) == 0:
+        raise DataError("the items file has no rows (only a header).", file=str(p), fix=fix)
+    df = df.rename(columns={col: "item_id"})
+    blank = (df["item_id"].isna() | df["item_id"].astype(str).str.strip().eq("")).to_numpy()
+    if blank.any():
+        row = int(np.flatnonzero(blank)[0]) + 1
+        raise DataError(f"empty item id (data row {row}).", file=str(p), row=row, column=col,
+                        fix="give every item row an id.")
+    df["item_id"] = df["item_id"].astype(str)
+    check_unique_ids(df["item_id"], kind="item", file=str(p), column=col)
+    return df
 
 
 def pick_column(items: pd.DataFrame, kind: str, column: str | None) -> str:
@@ -110,7 +142,7 @@ class FeatureCache:
 
     def __init__(self, root: Path, encoder: Encoder):
         self.dir = root / encoder.key
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_dir(self.dir, "cache folder")
         self.dim = encoder.dim
         self.rows: dict[str, tuple[str, np.ndarray, bool, str]] = {}
         for part in sorted(self.dir.glob("part-*.npz")):
@@ -259,10 +291,71 @@ def write_features(out: Path, ids: np.ndarray, values: np.ndarray, ok: np.ndarra
             np.save(buf, arr)
             write_bytes(path, buf.getvalue())
         mf = out.with_name("features.json")
-        data = json.loads(mf.read_text()) if mf.is_file() else {}
+        data = read_json(mf, fix="fix or delete features.json (it only records provenance; it is rewritten).") \
+            if mf.is_file() else {}
         data.setdefault("modalities", {})[mod] = {k: v for k, v in manifest.items() if k != "missing_examples"}
         write_json(mf, data)
     else:
         raise PrismrecError(f"--out {out}: use a .npz file (id-keyed) or DATA_DIR/<modality>_feat.npy.")
     write_json(out.with_name(out.name + ".manifest.json"), manifest)
     return out
+
+
+MODALITIES = ("text", "image", "caption", "price")
+
+
+def extract_features(modality: str, out: str | Path, *, data: str | Path | None = None,
+                     items: str | Path | None = None, encoder: str | None = None, column: str | None = None,
+                     image_root: str | Path | None = None, captioner: str | None = None,
+                     text_encoder: str | None = None, batch_size: int = 64, cache: str | Path | None = None,
+                     use_cache: bool = True, limit: int | None = None, threads: int | None = None,
+                     progress: bool = False) -> ExtractResult:
+    """Encode the items of a dataset (``data``: name or path) or of an item table (``items``: a
+    CSV/TSV/JSONL/Parquet file with ``item_id``) into the feature file ``out``.
+
+    ``encoder`` defaults per modality (docs/features.md); ``cache`` defaults to
+    ``OUT_DIR/.prismrec-cache`` (``use_cache=False``: neither read nor written); ``limit`` keeps the
+    first items (trials); ``threads`` sets torch's CPU threads.
+    """
+    from .encoders import PriceEncoder, build_encoder
+
+    if (data is None) == (items is None):
+        raise PrismrecError("give exactly one of --data (a dataset) or --items (an item table).")
+    if modality not in MODALITIES:
+        raise PrismrecError(f"unknown --modality {modality!r}. Fix: --modality text, image, caption or price.")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    out = Path(out)
+    check_out_dir(out.expanduser().parent, "--out folder")  # before any work: a file where a folder should be
+    if cache and use_cache:
+        check_out_dir(cache, "--cache folder")
+    order = None
+    if data is not None:
+        from ..config import DataConfig
+        from ..data import read_dataset
+
+        ds = read_dataset(data, DataConfig())
+        table = ds.items.copy()
+        table["item_id"] = ds.item_ids.astype(str)
+        order = ds.item_ids
+        root = Path(image_root) if image_root else Path(ds.source.get("path", ".") if isinstance(ds.source, dict)
+                                                        else ".")
+        name = ds.name
+    else:
+        items = Path(items)
+        table = read_items(items)
+        root = Path(image_root) if image_root else items.parent
+        name = items.stem
+    if limit:
+        table, order = table.iloc[:limit].reset_index(drop=True), None
+    col = pick_column(table, modality, column)
+    stats = None
+    if modality == "price":
+        stats = PriceEncoder(encoder or "log-quantile").fit(table[col].tolist()).settings
+    enc = build_encoder(modality, encoder, captioner=captioner, text_spec=text_encoder, image_root=root,
+                        batch_size=batch_size, price_stats=stats)
+    cache_dir = None if not use_cache else (Path(cache) if cache else out.expanduser().parent / ".prismrec-cache")
+    return extract(table, enc, column=col, modality=modality, out=out, cache_dir=cache_dir, batch_size=batch_size,
+                   image_root=root, dataset=name, progress=progress, item_order=order)

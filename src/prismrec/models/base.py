@@ -1,32 +1,49 @@
 """The contract every recommender follows, and the registry they join.
 
-A model is a small ``torch.nn.Module`` with a typed ``Config`` and four methods::
+A model is a small ``torch.nn.Module`` with a typed ``Config`` and a few methods::
 
     @MODELS.register("mymodel")
-    class MyModel(Recommender):
+    class MyModel(DotProductRecommender):
         class Config(ModelConfig):
             embedding_size: int = 64
 
         def __init__(self, config, data: TrainingData): ...   # build parameters and graphs
         def loss(self, batch) -> Tensor | dict[str, Tensor]   # one training step's loss
-        def prepare_scoring(self) -> None                      # cache final embeddings (optional)
-        def score(self, users) -> Tensor                       # (len(users), n_items) scores
+        def user_item_vectors(self, history=None)              # final (users, items) vectors
 
-The trainer feeds ``loss`` with the batches named by ``sampler`` (``"bpr"``: users, positive and
-negative items; ``"positives"``: users and positive items for cross-entropy over all items); it
-calls ``on_epoch_start`` before each epoch and ``prepare_scoring`` before each evaluation.
-Everything a model learns must live in its ``state_dict`` so checkpoints restore it exactly.
+Training. The trainer feeds ``loss`` with the batches named by ``sampler`` (``"bpr"``: users, positive
+and negative items; ``"positives"``: users and positive items) or by ``build_sampler``; it calls
+``on_epoch_start`` before each epoch. Everything a model learns lives in its ``state_dict`` so
+checkpoints restore it exactly.
+
+Scoring (the contract evaluation, ``recommend``, export and serving use, and nothing else):
+
+* ``prepare_scoring(history)`` computes what ``score`` reuses across user chunks. ``history``
+  (:class:`~prismrec.data.split.History`) is what is known about every user at that point: train for
+  validation, train + valid for test, everything when serving (``split.history(stage)``); ``None``
+  keeps the last one given (the training history at first). General models score from what they
+  learned and ignore it; sequential models encode it.
+* ``score(users)`` is ``(len(users), n_items)``.
+* ``user_item_vectors(history)`` (``dot_product = True``): ``(U, d)`` and ``(I, d)`` with
+  ``score(u) == users[u] @ items.T`` exactly, biases folded into the vectors (as Cornac's
+  ``ANNMixin``). :class:`DotProductRecommender` builds ``prepare_scoring``/``score`` from it.
+* ``place_items(features)`` (``can_place_items()``): vectors for items that are not in the catalogue,
+  from their content alone, in the space of ``user_item_vectors``' items.
+* Sequential models add ``session_vectors(sessions)`` (query vectors of arbitrary sessions).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..config import StrictConfig
+from ..data.split import History
 from ..data.training import TrainingData
+from ..errors import PrismrecError
 from ..registry import Registry
 
 Batch = dict[str, torch.Tensor]
@@ -76,18 +93,38 @@ class Recommender(nn.Module):
         return {}
 
     # scoring ---------------------------------------------------------------------------------------
-    def use_history(self, stage: str, split: Any) -> None:
-        """Called before scoring ``stage`` ('valid', 'test' or 'all'): the interactions known at that point
-        are train (valid), train + valid (test) or everything (serving). Sequential models read the users' sequences here;
-        general models ignore it (they score from what they learned)."""
+    #: True when ``score`` is the dot product of ``user_item_vectors`` (exportable for serving)
+    dot_product: ClassVar[bool] = False
 
     @torch.no_grad()
-    def prepare_scoring(self) -> None:
-        """Compute whatever ``score`` reuses across user chunks (e.g. propagated embeddings)."""
+    def prepare_scoring(self, history: History | None = None) -> None:
+        """Compute whatever ``score`` reuses across user chunks, given what is known (``history``)."""
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
         """Scores of every item for each user in ``users``: shape ``(len(users), n_items)``."""
         raise NotImplementedError
+
+    def clear_scoring(self) -> None:
+        """Drop what ``prepare_scoring`` cached (called when the model goes back to training)."""
+
+    def train(self, mode: bool = True) -> "Recommender":
+        if mode:
+            self.clear_scoring()
+        return super().train(mode)
+
+    def user_item_vectors(self, history: History | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(users (U, d), items (I, d))`` whose dot products are this model's scores."""
+        raise PrismrecError(f"model {type(self).__name__} does not score by a dot product of user and item "
+                            "vectors, so it cannot be exported for serving.")
+
+    def can_place_items(self) -> bool:
+        """True when :meth:`place_items` can embed new items from their content."""
+        return False
+
+    def place_items(self, features: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> torch.Tensor:
+        """Item vectors ``(n, d)`` for ``n`` new items from their features: ``{modality: (values (n, dim),
+        available (n,) bool)}``; a modality that is absent or unavailable is missing for that item."""
+        raise PrismrecError(f"model {type(self).__name__} cannot place new items from their content.")
 
     @property
     def device(self) -> torch.device:
@@ -104,6 +141,33 @@ class Recommender(nn.Module):
     def extra_info(self) -> dict[str, Any]:
         """Model-specific facts worth recording in metrics.json (e.g. chosen DCT mode)."""
         return {}
+
+
+class DotProductRecommender(Recommender):
+    """A model whose scores are ``<user vector, item vector>``: it implements ``user_item_vectors`` and
+    gets ``prepare_scoring`` (the vectors, computed once per evaluation) and ``score`` from here."""
+
+    dot_product: ClassVar[bool] = True
+
+    def __init__(self, config: ModelConfig, data: TrainingData):
+        super().__init__(config, data)
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def user_item_vectors(self, history: History | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def prepare_scoring(self, history: History | None = None) -> None:
+        self._cache = self.user_item_vectors(history)
+
+    def clear_scoring(self) -> None:
+        self._cache = None
+
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        if self._cache is None:
+            self.prepare_scoring()
+        u, i = self._cache
+        return u[users] @ i.T
 
 
 MODELS: Registry[type[Recommender]] = Registry("model")

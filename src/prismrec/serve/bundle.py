@@ -30,8 +30,8 @@ import scipy.sparse as sp
 import torch
 
 from .. import __version__
-from ..errors import PrismrecError
-from ..utils.io import load_torch, save_torch, write_json
+from ..errors import DataError, PrismrecError
+from ..utils.io import check_out_dir, load_torch, make_dir, read_json, save_torch, write_json
 
 FORMAT = "prismrec-bundle"
 FORMAT_VERSION = 1
@@ -60,6 +60,14 @@ class Bundle:
     def family(self) -> str:
         return self.meta.get("family", "general")
 
+    @property
+    def identity(self) -> str:
+        """The model identity: the SHA-256 of ``bundle.pt`` (recorded at export; computed for older bundles).
+        Added items carry it, and a bundle loads only the items that its own model placed."""
+        if not self.meta.get("identity"):
+            self.meta["identity"] = file_sha256(self.path / TENSORS)
+        return str(self.meta["identity"])
+
     def seen(self) -> sp.csr_matrix:
         a = self.arrays
         n_u, n_i = len(self.user_ids), len(self.item_ids)
@@ -69,40 +77,19 @@ class Bundle:
 
 # ---------------------------------------------------------------------------------------------- export
 @torch.no_grad()
-def factorize(model: Any, split: Any, n_users: int, check_users: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """``(user_emb, item_emb)`` with ``user_emb @ item_emb.T == model.score(users)`` (serving history).
-
-    Works for models that cache ``(users, items)`` in ``prepare_scoring`` (LightGCN, FREEDOM, LIRDRec,
-    ...), for BPR (bias folded into an extra dimension), for popularity, and for sequential models (the
-    encoded full histories). The identity is verified on sample users; a model that is not a dot product
-    of a user and an item vector cannot be exported.
-    """
+def factorize(model: Any, history: Any, check_users: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """``(user_emb, item_emb)`` from the model's ``user_item_vectors(history)`` (the scoring contract), with
+    ``user_emb @ item_emb.T == model.score(users)`` verified on sample users. A model that does not score
+    by a dot product of a user and an item vector cannot be exported."""
     model.eval()
-    model.use_history("all", split)
-    model.prepare_scoring()
-    dev = model.device
-    users = torch.arange(n_users, device=dev)
-    if hasattr(model, "score_sequences") and hasattr(model, "encode"):
-        items = model._items()
-        chunks = [model.encode(torch.as_tensor(model.user_sequences(users[s:s + 1024].cpu().numpy()), device=dev))
-                  for s in range(0, n_users, 1024)]
-        u, i = torch.cat(chunks) if chunks else items.new_zeros(0, items.shape[1]), items
-    elif isinstance(getattr(model, "_cache", None), tuple) and len(model._cache) == 2:
-        u, i = model._cache
-    elif hasattr(model, "user_embedding") and hasattr(model, "item_embedding"):
-        u, i = model.user_embedding, model.item_embedding
-        if getattr(model, "item_bias", None) is not None:
-            u = torch.cat([u, torch.ones(len(u), 1, device=dev)], 1)
-            i = torch.cat([i, model.item_bias.reshape(-1, 1)], 1)
-    elif hasattr(model, "popularity"):
-        u, i = torch.ones(n_users, 1, device=dev), model.popularity.reshape(-1, 1).float()
-    else:
-        raise PrismrecError(f"model {type(model).__name__} does not expose user and item vectors; it cannot be "
-                            "exported for serving (only dot-product models can).")
-    u, i = u.detach().float(), i.detach().float()
-    sample = users[torch.linspace(0, n_users - 1, min(check_users, n_users), device=dev).long()]
-    want = model.score(sample).float()
-    got = u[sample] @ i.T
+    if not model.dot_product:
+        model.user_item_vectors(history)  # raises the model's own explanation
+    u, i = (t.detach().float() for t in model.user_item_vectors(history))
+    model.prepare_scoring(history)
+    n_users = len(u)
+    users = torch.linspace(0, n_users - 1, min(check_users, n_users), device=u.device).long()
+    want = model.score(users).float()
+    got = u[users] @ i.T
     scale = want.abs().max().clamp_min(1e-6)
     if not torch.allclose(got / scale, want / scale, atol=1e-4):
         raise PrismrecError(f"model {type(model).__name__}: user x item vectors do not reproduce its scores "
@@ -114,17 +101,17 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, overwrite: bool = Fal
     """Write the serving bundle of a finished run (see the module docstring)."""
     from ..runs import load_run
 
-    out = Path(out)
+    out = check_out_dir(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise PrismrecError(f"{out} already holds files; nothing is overwritten. Fix: choose a new --out or pass "
                             "--overwrite.")
     run = load_run(run_dir, device="cpu")
     ds, split, model, cfg = run.dataset, run.split, run.model, run.config
-    user_emb, item_emb = factorize(model, split, ds.n_users)
-    seen = (split.train + split.valid + split.test).tocsr()
-    seen.sum_duplicates()
-    seq_indptr, seq_items = split.sequences(("all",))
-    tr_indptr, tr_items = split.sequences(("train",))
+    history = split.history("all")
+    user_emb, item_emb = factorize(model, history)
+    seen = history.matrix
+    seq_indptr, seq_items = history.sequences
+    tr_indptr, tr_items = split.history("valid").sequences
     arrays: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -148,14 +135,12 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, overwrite: bool = Fal
         if col in ds.items.columns:
             images = ["" if not isinstance(v, str) else v for v in ds.items[col].tolist()]
             break
-    from ..runs import _config_dict
-
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model": cfg.model,
         "family": type(model).family,
-        "config": _config_dict(cfg),
+        "config": cfg.to_run_dict(),
         "dataset": ds.name,
         "data_source": cfg.data_source,
         "run_dir": str(Path(run_dir).resolve()),
@@ -173,10 +158,21 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, overwrite: bool = Fal
         "versions": {"prismrec": __version__, "torch": torch.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
     }
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, "--out folder")
     save_torch(out / TENSORS, arrays)
+    meta["identity"] = file_sha256(out / TENSORS)
     write_json(out / META, meta)
     return out
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _image_root(path: Any) -> str | None:
@@ -198,13 +194,97 @@ def load_bundle(path: str | Path) -> Bundle:
     if not (path / META).is_file() or not (path / TENSORS).is_file():
         raise PrismrecError(f"{path} is not a serving bundle (needs {META} and {TENSORS}). Fix: create one with "
                             "prismrec export RUN_DIR --out BUNDLE_DIR.")
-    meta = json.loads((path / META).read_text())
-    if meta.get("format") != FORMAT or int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise PrismrecError(f"{path}: unsupported bundle format {meta.get('format')} v{meta.get('format_version')}.")
-    raw = load_torch(path / TENSORS)
+    fix = _reexport_fix(path)
+    meta = read_json(path / META, fix=fix)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("format_version", 0), int) \
+            or meta.get("format_version", 0) > FORMAT_VERSION:
+        got = (meta.get("format"), meta.get("format_version")) if isinstance(meta, dict) else (type(meta).__name__, "?")
+        raise DataError(f"unsupported bundle format {got[0]} v{got[1]} (this prismrec reads {FORMAT} "
+                        f"v{FORMAT_VERSION}).", file=str(path / META), fix=fix)
+    raw = load_torch(path / TENSORS, fix=fix)
+    if not isinstance(raw, dict):
+        raise DataError(f"holds a {type(raw).__name__}, not the bundle's dictionary of tensors.",
+                        file=str(path / TENSORS), fix=fix)
     arrays = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in raw.items()}
-    arrays["features"] = {n: {k: t.numpy() for k, t in f.items()} for n, f in raw.get("features", {}).items()}
+    feats = raw.get("features", {})
+    if not isinstance(feats, dict) or not all(isinstance(f, dict) and all(isinstance(t, torch.Tensor) for t in f.values())
+                                              for f in feats.values()):
+        raise DataError("'features' is not a {name: {values, available}} dictionary of tensors.",
+                        file=str(path / TENSORS), fix=fix)
+    arrays["features"] = {n: {k: t.numpy() for k, t in f.items()} for n, f in feats.items()}
+    check_bundle(path, meta, arrays)
     return Bundle(path, meta, arrays)
+
+
+def _reexport_fix(path: Path) -> str:
+    return (f"re-export the bundle with prismrec export RUN_DIR --out {path} --overwrite ({META} and {TENSORS} "
+            "are written together and must not be edited by hand).")
+
+
+CSR_PAIRS = (("seen_indptr", "seen_indices"), ("train_indptr", "train_indices"), ("seq_indptr", "seq_items"),
+             ("train_seq_indptr", "train_seq_items"))
+
+
+def check_bundle(path: Path, meta: dict[str, Any], arrays: dict[str, Any]) -> None:
+    """Refuse a bundle whose parts disagree (ids edited in bundle.json, a tensor of the wrong length), which
+    would otherwise start and then answer 500: ids are unique strings, one per vector; every per-user
+    offset array has one entry per user plus one and indexes existing items; feature rows match the items."""
+    fix = _reexport_fix(path)
+    mfile, tfile = str(path / META), str(path / TENSORS)
+
+    def fail(message: str, file: str = mfile) -> None:
+        raise DataError(message, file=file, fix=fix)
+
+    for key in ("item_emb", "user_emb", "seen_indptr", "seen_indices"):
+        if not isinstance(arrays.get(key), np.ndarray):
+            fail(f"the tensor '{key}' is missing.", tfile)
+    item_emb, user_emb = arrays["item_emb"], arrays["user_emb"]
+    if item_emb.ndim != 2 or user_emb.ndim != 2 or item_emb.shape[1] != user_emb.shape[1]:
+        fail(f"item_emb {tuple(item_emb.shape)} and user_emb {tuple(user_emb.shape)} are not two matrices of one "
+             "dimension.", tfile)
+    n_items, n_users, dim = int(item_emb.shape[0]), int(user_emb.shape[0]), int(item_emb.shape[1])
+    for key, n, what in (("item_ids", n_items, "item"), ("user_ids", n_users, "user")):
+        ids = meta.get(key)
+        if not isinstance(ids, list):
+            fail(f"'{key}' is {type(ids).__name__}, not a list of {what} ids.")
+        bad = next((i for i, x in enumerate(ids) if not isinstance(x, str)), None)
+        if bad is not None:
+            fail(f"'{key}' entry {bad} is {ids[bad]!r}, not a string (ids are strings).")
+        if len(ids) != n:
+            fail(f"'{key}' lists {len(ids)} ids but {TENSORS} holds {n} {what} vectors (were the ids edited?).")
+        first: dict[str, int] = {}
+        for i, x in enumerate(ids):
+            if x in first:
+                fail(f"'{key}' lists the {what} id {x!r} twice (entries {first[x]} and {i}).")
+            first[x] = i
+    for key, n in (("n_items", n_items), ("n_users", n_users), ("dim", dim)):
+        if key in meta and meta[key] != n:
+            fail(f"'{key}' is {meta[key]!r} but {TENSORS} holds {n}.")
+    for key in ("titles", "images"):
+        v = meta.get(key)
+        if v is not None and (not isinstance(v, list) or len(v) != n_items):
+            fail(f"'{key}' has {len(v) if isinstance(v, list) else type(v).__name__} entries but the bundle has "
+                 f"{n_items} items.")
+    for ptr_key, idx_key in CSR_PAIRS:
+        if ptr_key not in arrays and idx_key not in arrays:
+            continue
+        ptr, idx = np.asarray(arrays.get(ptr_key, [])), np.asarray(arrays.get(idx_key, []))
+        if ptr.ndim != 1 or len(ptr) != n_users + 1:
+            fail(f"'{ptr_key}' has {len(ptr) if ptr.ndim == 1 else tuple(ptr.shape)} entries but there are {n_users} "
+                 f"users (it needs {n_users + 1}).", tfile)
+        if idx.ndim != 1 or ptr[0] != 0 or (np.diff(ptr) < 0).any() or ptr[-1] != len(idx):
+            fail(f"'{ptr_key}' is not a list of offsets into '{idx_key}' (starting at 0, non-decreasing, ending at "
+                 f"{len(idx)}).", tfile)
+        if len(idx) and (idx.min() < 0 or idx.max() >= n_items):
+            fail(f"'{idx_key}' holds item index {int(idx.max() if idx.max() >= n_items else idx.min())}, outside "
+                 f"0..{n_items - 1}.", tfile)
+    for name, f in arrays["features"].items():
+        values, avail = f.get("values"), f.get("available")
+        if values is None or values.ndim != 2 or len(values) != n_items:
+            fail(f"feature '{name}' has {None if values is None else tuple(values.shape)} values but the bundle has "
+                 f"{n_items} items (one row per item).", tfile)
+        if avail is not None and avail.shape != (n_items,):
+            fail(f"feature '{name}' has {tuple(avail.shape)} availability flags for {n_items} items.", tfile)
 
 
 def synthetic_bundle(out: str | Path, n_items: int, n_users: int = 1000, dim: int = 64, seed: int = 0,
@@ -240,22 +320,13 @@ def synthetic_bundle(out: str | Path, n_items: int, n_users: int = 1000, dim: in
     return out
 
 
-class _Sequences:
-    """Stands in for a Split inside a rebuilt TrainingData: only the training sequences are known."""
-
-    def __init__(self, indptr: np.ndarray, items: np.ndarray):
-        self._seq = (indptr, items)
-
-    def sequences(self, stages: tuple[str, ...] = ("train",)) -> tuple[np.ndarray, np.ndarray]:
-        return self._seq
-
-
 def rebuild_model(bundle: Bundle) -> Any:
     """The trained model itself, rebuilt from the bundle alone (config, training matrix, features, weights)."""
     import pandas as pd
 
     from ..config import RunConfig
     from ..data.dataset import Modality
+    from ..data.split import History
     from ..data.training import TrainingData
     from ..models import MODELS
 
@@ -271,7 +342,7 @@ def rebuild_model(bundle: Bundle) -> Any:
     data = TrainingData(name=meta["dataset"], n_users=n_u, n_items=n_i, train=train, modalities=mods,
                         items=pd.DataFrame({"item_id": meta["item_ids"], "title": meta["titles"]}),
                         train_items=a["train_items"],
-                        _split=_Sequences(a["train_seq_indptr"], a["train_seq_items"]))  # type: ignore[arg-type]
+                        history=History(train, (a["train_seq_indptr"], a["train_seq_items"]), stage="train"))
     cls = MODELS.get(cfg.model)
     model = cls(cls.Config.build(cfg.params, where=cfg.model), data)
     model.load_state_dict(a["model_state"])

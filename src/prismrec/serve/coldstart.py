@@ -5,13 +5,9 @@
    encoder. A modality whose encoder is unknown (e.g. an unnamed CLIP release), or whose input the
    request lacks, is *missing* for the new item, exactly like a missing image in training.
 2. **Item vector** (``--cold-start``, default ``knn``, measured better; see docs/serving.md).
-   * ``model``, for LIRDRec (ID-free): the model's own item tower. The new item's layer-0 input is the trained
-     modality MLPs and shared DCT branch applied to its features (missing modalities use the learned
-     missing vectors), L2-normalised per channel; it has no training interactions, so user-item
-     propagation leaves it unchanged; the item-item step adds ``sum_m w_m / k (x + sum of its k - 1
-     nearest catalogue items' propagated vectors)`` over the modalities it has, as ``A_mm`` does for a
-     catalogue item. Existing items' vectors are not changed (the new item is not added to their
-     neighbour lists).
+   * ``model``: the model's own ``place_items`` (the scoring contract), for models that place new items
+     from their content (LIRDRec's ID-free item tower; see ``LIRDRec.place_items``). Existing items'
+     vectors are not changed.
    * ``knn``, any model with features: the similarity-weighted mean of the final vectors of
      the ``k`` catalogue items nearest in feature space (cosine, per available modality, averaged).
      The response states the ``method``.
@@ -47,12 +43,53 @@ def decode_image(data: str | None) -> bytes | None:
         raise ValueError("image is not valid base64") from None
 
 
+class UnsupportedImage(ValueError):
+    """The uploaded bytes are not an image we accept (mapped to HTTP 415)."""
+
+
+MAX_IMAGE_PIXELS = 40_000_000  # 40 MP: larger images are refused before their pixels are decoded
+MAX_IMAGE_SIDE = 20_000
+
+
+def sanitize_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[bytes, str]:
+    """Decode an uploaded image and re-encode it (PNG, or JPEG for photos), so that only pixels we decoded
+    are ever stored or served. Refuses (:class:`UnsupportedImage`) what Pillow cannot identify and images
+    whose header announces more than ``max_pixels`` pixels (decompression bombs), before decoding them."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise UnsupportedImage("image uploads need Pillow on the server (pip install pillow)") from None
+    import io
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w < 1 or h < 1 or w > MAX_IMAGE_SIDE or h > MAX_IMAGE_SIDE or w * h > max_pixels:
+                raise UnsupportedImage(f"image of {w} x {h} pixels is larger than the {max_pixels:,}-pixel limit")
+            img.load()
+    except UnsupportedImage:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UnsupportedImage(f"image could not be decoded: the upload is not an image we accept "
+                               f"({exc.__class__.__name__})") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UnsupportedImage(f"the image could not be decoded ({exc.__class__.__name__}: {exc})") from None
+    photo = img.format == "JPEG"
+    img = img.convert("RGB" if photo or img.mode not in ("RGBA", "LA", "P") else "RGBA")
+    out = io.BytesIO()
+    img.save(out, format="JPEG" if photo else "PNG", **({"quality": 92} if photo else {}))
+    return out.getvalue(), "image/jpeg" if photo else "image/png"
+
+
 class ItemPlacer:
     NONE = ("this bundle's model has no item features with a known encoder, so it cannot place new items "
             "(extract features with prismrec features and retrain, or retrain with the new items)")
 
     def __init__(self, bundle: Bundle, item_emb: np.ndarray, *, knn_k: int = 10,
-                 encoders: dict[str, Encoder] | None = None, mode: str = "knn"):
+                 encoders: dict[str, Encoder] | None = None, mode: str = "knn", model: Any = None):
         self.bundle = bundle
         self.item_emb = item_emb
         self.knn_k = knn_k
@@ -74,13 +111,21 @@ class ItemPlacer:
         if mode not in ("knn", "model"):
             raise PrismrecError(f"unknown cold-start placement {mode!r}. Fix: knn or model.")
         if mode == "model" and self.specs:
-            if bundle.meta.get("model") != "lirdrec" or "model_state" not in bundle.arrays:
-                raise PrismrecError(f"cold-start placement 'model' needs a LIRDRec bundle (this is "
-                                    f"{bundle.meta.get('model')}). Fix: --cold-start knn.")
-            self._init_lirdrec()
-            if self.method != "lirdrec":
-                raise PrismrecError("cold-start placement 'model' does not support LIRDRec with dct_mode 2d or "
-                                    "id_hybrid. Fix: --cold-start knn.")
+            if "model_state" not in bundle.arrays:
+                raise PrismrecError(f"cold-start placement 'model' needs the model's weights, and bundle "
+                                    f"{bundle.path} has none. Fix: --cold-start knn.")
+            if model is None:
+                from .bundle import rebuild_model
+
+                model = rebuild_model(bundle)
+            if not model.can_place_items():
+                raise PrismrecError(
+                    f"cold-start placement 'model' needs a LIRDRec bundle or another model that places new items "
+                    f"from their content (this is {bundle.meta.get('model')}"
+                    f"{', whose dct_mode 2d or id_hybrid gives items no content-only vector' if bundle.meta.get('model') == 'lirdrec' else ''}"
+                    "). Fix: --cold-start knn.")
+            self.model = model
+            self.method = str(bundle.meta.get("model"))
 
     # -------------------------------------------------------------------------------------- features
     def describe(self) -> dict[str, Any]:
@@ -134,8 +179,10 @@ class ItemPlacer:
     def place(self, feats: dict[str, tuple[np.ndarray, bool]]) -> np.ndarray:
         if self.method == "none":
             raise NotPlaceable(self.NONE)
-        if self.method == "lirdrec":
-            return self._place_lirdrec(feats)
+        if self.model is not None:
+            batch = {n: (v.reshape(1, -1), np.asarray([ok])) for n, (v, ok) in feats.items()}
+            with torch.no_grad():
+                return self.model.place_items(batch)[0].cpu().numpy().astype(np.float32)
         acc, n = np.zeros(self.item_emb.shape[1], np.float32), 0
         for name, (vec, _) in feats.items():
             rows, sims = self._neighbours(name, vec, self.knn_k)
@@ -143,52 +190,3 @@ class ItemPlacer:
             acc += (w[:, None] * self.item_emb[rows]).sum(0) / w.sum()
             n += 1
         return acc / max(n, 1)
-
-    # --------------------------------------------------------------------------------------- lirdrec
-    def _init_lirdrec(self) -> None:
-        import torch.nn.functional as F
-
-        from ..graphs import propagate
-        from .bundle import rebuild_model
-
-        model = rebuild_model(self.bundle)
-        if model.config.dct_mode == "2d" or model.config.id_hybrid:
-            return  # a 2-D spectrum mixes items; ID embeddings do not exist for new items: use knn
-        with torch.no_grad():
-            n_u, n_ch, d = model.n_users, len(model.channels), model.config.embedding_size
-            x = torch.cat([model.user_preference.view(n_u, n_ch, d), model.item_inputs()], dim=0)
-            x = F.normalize(x, dim=-1).reshape(-1, n_ch * d)
-            self.items_prop = propagate(model.adj, x, model.config.n_ui_layers, combine="sum")[n_u:].numpy()
-        self.model = model
-        self.method = "lirdrec"
-
-    @torch.no_grad()
-    def _place_lirdrec(self, feats: dict[str, tuple[np.ndarray, bool]]) -> np.ndarray:
-        import scipy.fft
-        import torch.nn.functional as F
-
-        m = self.model
-        chans, spectra, missing = [], [], []
-        for name, table in m.features.items():
-            vec, ok = feats.get(name, (np.zeros(table.dim, np.float32), False))
-            t = torch.from_numpy(vec.reshape(1, -1).astype(np.float32))
-            chans.append(m.projections[name](t, torch.tensor([ok])))
-            s = vec if m.config.dct_mode == "none" else scipy.fft.dct(vec, type=2, norm="ortho")
-            spectra.append(np.asarray(s, np.float32) if ok else np.zeros(table.dim, np.float32))
-            missing.append(0.0 if ok else 1.0)
-        lin, act, last = m.shared
-        hidden = lin(torch.from_numpy(np.concatenate(spectra)[None])) + torch.tensor([missing]) @ m.shared_missing
-        chans.append(last(act(hidden)))
-        x = F.normalize(torch.stack(chans, dim=1), dim=-1).reshape(-1).numpy()
-        k = m.config.knn_k
-        hop, total = np.zeros_like(x), 0.0
-        for name, w in m.mm_weights.items():
-            if name not in feats or name not in self.catalogue:
-                continue
-            rows, _ = self._neighbours(name, feats[name][0], k - 1)
-            hop += w / k * (x + self.items_prop[rows].sum(0))
-            total += w
-        if total > 0:
-            hop /= total
-        return (x + hop).astype(np.float32)
-

@@ -3,7 +3,7 @@
 * fewer than ``ann_threshold`` items: ``IndexFlatIP`` (exact, the model's own ranking);
 * otherwise ``IndexIVFFlat`` (inner product) with ``nlist = 4 sqrt(n)`` lists trained on the catalogue and
   ``nprobe`` lists searched per query (recall against exact search is measured in
-  ``benchmarks/issue6_serve_load.py``).
+  ``benchmarks/serve_load.py``).
 
 Rows are addressed by their position (the service's internal item row); an updated row is removed and
 added again. Searches ask for extra candidates so that filtered (seen) items can be dropped and
@@ -53,16 +53,23 @@ class ItemIndex:
             self.size = max(self.size, row + 1)
 
     def search(self, query: np.ndarray, k: int, exclude: Iterable[int] = ()) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` rows by inner product with ``query``, skipping ``exclude``; (rows, scores)."""
+        """Top-``k`` rows by inner product with ``query``, skipping ``exclude``; (rows, scores).
+
+        FAISS returns candidates; the excluded ones are dropped by the same top-k rule as evaluation
+        (:func:`~prismrec.evaluate.ranking.top_k`); too few survivors repeat the search with more."""
+        import torch
+
+        from ..evaluate.ranking import top_k
+
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
-        excl = set(int(e) for e in exclude)
+        excl = np.fromiter((int(e) for e in exclude), dtype=np.int64)
         want = min(k + len(excl), self.index.ntotal)
         while True:
             with self.lock:
                 scores, rows = self.index.search(q, want)
-            keep = [(r, s) for r, s in zip(rows[0], scores[0]) if r >= 0 and int(r) not in excl]
-            if len(keep) >= k or want >= self.index.ntotal:
-                keep = keep[:k]
-                return (np.asarray([r for r, _ in keep], dtype=np.int64),
-                        np.asarray([s for _, s in keep], dtype=np.float32))
+            drop = np.flatnonzero((rows[0] < 0) | np.isin(rows[0], excl))
+            values, pos = top_k(torch.from_numpy(scores), k, (np.zeros(len(drop), np.int64), drop))
+            ok = torch.isfinite(values[0]).numpy()
+            if ok.sum() >= k or want >= self.index.ntotal:
+                return rows[0][pos[0].numpy()[ok]].astype(np.int64), values[0].numpy()[ok].astype(np.float32)
             want = min(self.index.ntotal, want * 2 + k)

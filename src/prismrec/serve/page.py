@@ -3,6 +3,7 @@
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>prismrec</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <style>
 body{font-family:system-ui,sans-serif;margin:1.5rem;max-width:1100px}
 fieldset{margin:.6rem 0;border:1px solid #ccc;border-radius:6px}

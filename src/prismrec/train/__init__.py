@@ -1,1 +1,1 @@
-"""Training: batch sampling and the Trainer (early stopping on validation, checkpoints, resume)."""
+"""Training: batch sampling, the Trainer of a run and ANT's pre-training (both fitted by ``utils.loop.EpochLoop``)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -11,21 +10,40 @@ import numpy as np
 import pandas as pd
 
 from ...errors import DataError
+from ...utils.io import read_json
 from ..dataset import Modality
-from ..validate import check_feature_matrix
+from ..validate import check_feature_matrix, check_header, load_array
 
 FEATURE_RE = re.compile(r"^(?P<mod>[A-Za-z0-9]+(?:_[A-Za-z0-9]+)*?)_feat(?P<tag>[A-Za-z0-9_]*)\.npy$")
 MANIFEST = "features.json"
 
 
 def read_table(path: Path, sep: str | None = None, **kw: Any) -> pd.DataFrame:
-    """Read a delimited text file (optionally .gz); errors name the file."""
+    """Read a delimited text file (optionally .gz); errors name the file.
+
+    The header must name each column once (:func:`~prismrec.data.validate.check_header`); text must be
+    UTF-8; an empty file is an error that says so."""
     if sep is None:
         sep = "," if path.name.endswith((".csv", ".csv.gz")) else "\t"
+    kind = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}.get(sep, "whitespace")
     try:
+        if kw.get("names") is not None:
+            check_header(kw["names"], file=str(path))
+        elif kw.get("header", "infer") in ("infer", 0):  # pandas renames a repeated column silently: look first
+            head = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False,
+                               quoting=kw.get("quoting", 0), encoding=kw.get("encoding"))
+            check_header(head.iloc[0].tolist() if len(head) else [], file=str(path))
         return pd.read_csv(path, sep=sep, **kw)
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"cannot parse as a {'comma' if sep == ',' else 'tab'}-separated table: {exc}",
+    except UnicodeDecodeError as exc:
+        raise DataError(f"the file is not UTF-8 text ({exc.reason}: byte 0x{exc.object[exc.start]:02x}; Latin-1 or "
+                        "Windows-1252?).", file=str(path),
+                        fix="re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8 "
+                            "(or 'Save as CSV UTF-8' in a spreadsheet).") from None
+    except pd.errors.EmptyDataError:
+        raise DataError("the file is empty (no header, no rows).", file=str(path),
+                        fix="check the path and that the file was written completely.") from None
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise DataError(f"cannot parse as a {kind}-separated table: {exc}",
                         file=str(path), fix="check the delimiter, quoting and encoding (UTF-8).") from None
 
 
@@ -34,10 +52,7 @@ def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
     p = folder / MANIFEST
     if not p.is_file():
         return {}
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"not valid JSON: {exc}", file=str(p)) from None
+    data = read_json(p, fix="fix the JSON, or delete the file (it only records the features' provenance).")
     return data.get("modalities", data) if isinstance(data, dict) else {}
 
 
@@ -61,14 +76,10 @@ def find_feature_files(folder: Path) -> dict[str, Path]:
 def load_modality(name: str, path: Path, n_items: int | None, provenance: dict[str, Any] | None = None,
                   mask_path: Path | None = None) -> Modality:
     """Load one ``.npy`` feature file (and optional boolean availability mask) as a Modality."""
-    try:
-        values = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise DataError(f"cannot read as a NumPy array: {exc}", file=str(path)) from None
-    values = check_feature_matrix(values, file=str(path), n_rows=n_items, modality=name)
+    values = check_feature_matrix(load_array(path), file=str(path), n_rows=n_items, modality=name)
     available = None
     if mask_path is not None and mask_path.is_file():
-        available = np.load(mask_path, allow_pickle=False).astype(bool).reshape(-1)
+        available = load_array(mask_path).astype(bool).reshape(-1)
     prov = {"file": str(path), "encoder": "unknown", **(provenance or {})}
     if mask_path is not None and mask_path.is_file():
         prov["mask_file"] = str(mask_path)

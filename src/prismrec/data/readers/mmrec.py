@@ -26,7 +26,7 @@ import pandas as pd
 from ...config import DataConfig
 from ...errors import DataError
 from ..dataset import Dataset, build_dataset
-from ..validate import check_integer_ids
+from ..validate import check_feature_layout, check_integer_ids, check_unique_ids, load_array
 from . import register_reader
 from .common import find_feature_files, load_folder_modalities, read_table
 
@@ -74,21 +74,31 @@ def read(path: Path, cfg: DataConfig) -> Dataset:
                             column=col, fix=f"MMRec files need {USER} and {ITEM} columns (tab-separated).")
     usecols = [c for c in head if c in (USER, ITEM) or c in OPTIONAL]
     raw = read_table(inter_path, sep="\t", usecols=usecols)
-    users = check_integer_ids(raw[USER], file=str(inter_path), column=USER)
-    items = check_integer_ids(raw[ITEM], file=str(inter_path), column=ITEM)
-
-    n_items = int(items.max()) + 1
+    if len(raw) == 0:
+        raise DataError("no interactions (the file has a header but no rows).", file=str(inter_path),
+                        fix="check the file is complete.")
     items_tsv = folder / "items.tsv"
     item_table = None
     if items_tsv.is_file():
         item_table = read_table(items_tsv, sep="\t", quoting=3, dtype=str, keep_default_na=False)
         if ITEM not in item_table.columns:
             raise DataError(f"items.tsv has no {ITEM} column.", file=str(items_tsv), column=ITEM)
-        ids = check_integer_ids(item_table[ITEM], file=str(items_tsv), column=ITEM)
-        n_items = max(n_items, int(ids.max()) + 1)
+    feat_files = find_feature_files(folder)
     feat_rows = {}
-    for name, p in find_feature_files(folder).items():
-        feat_rows[name] = int(np.load(p, mmap_mode="r", allow_pickle=False).shape[0])
+    for name, p in feat_files.items():
+        arr = load_array(p, mmap_mode="r")
+        check_feature_layout(arr, file=str(p))
+        feat_rows[name] = int(arr.shape[0])
+    # ids are array indices: rows that the item table or the feature files hold are always acceptable ids
+    catalogue = max([len(item_table) if item_table is not None else 0, *feat_rows.values()])
+    users = check_integer_ids(raw[USER], file=str(inter_path), column=USER)
+    items = check_integer_ids(raw[ITEM], file=str(inter_path), column=ITEM, allowed=catalogue)
+
+    n_items = int(items.max()) + 1
+    if item_table is not None:
+        ids = check_integer_ids(item_table[ITEM], file=str(items_tsv), column=ITEM, allowed=catalogue)
+        check_unique_ids(pd.Series(ids), kind="item", file=str(items_tsv), column=ITEM)
+        n_items = max(n_items, int(ids.max()) + 1 if len(ids) else 0)
     if feat_rows and len(set(feat_rows.values())) == 1 and max(feat_rows.values()) > n_items:
         n_items = max(feat_rows.values())
     for name, rows in feat_rows.items():
@@ -96,13 +106,12 @@ def read(path: Path, cfg: DataConfig) -> Dataset:
             raise DataError(
                 f"modality '{name}' has {rows} rows but {inter_path.name} implies {n_items} items "
                 f"(itemID 0..{n_items - 1}; row r must hold the features of itemID r).",
-                file=str(find_feature_files(folder)[name]),
+                file=str(feat_files[name]),
                 fix="regenerate the features for every item, in itemID order.",
             )
 
     table = pd.DataFrame({"item_id": np.arange(n_items).astype(str)})
     if item_table is not None:
-        ids = item_table[ITEM].astype(np.int64).to_numpy()
         for col in item_table.columns:
             if col == ITEM:
                 continue
@@ -114,9 +123,10 @@ def read(path: Path, cfg: DataConfig) -> Dataset:
     if users_tsv.is_file():
         ut = read_table(users_tsv, sep="\t", dtype=str, keep_default_na=False)
         if USER in ut.columns:
-            n_users = max(int(users.max()) + 1, len(ut))
+            uids = check_integer_ids(ut[USER], file=str(users_tsv), column=USER, allowed=len(ut))
+            check_unique_ids(pd.Series(uids), kind="user", file=str(users_tsv), column=USER)
+            n_users = max(int(users.max()) + 1, int(uids.max()) + 1 if len(uids) else 0)
             user_table = pd.DataFrame({"user_id": np.arange(n_users).astype(str)})
-            uids = check_integer_ids(ut[USER], file=str(users_tsv), column=USER)
             for col in ut.columns:
                 if col != USER:
                     full = np.full(n_users, "", dtype=object)

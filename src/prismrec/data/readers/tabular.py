@@ -39,7 +39,7 @@ from ...config import DataConfig
 from ...errors import DataError
 from ...registry import suggest
 from ..dataset import Dataset, build_dataset
-from ..validate import check_interactions, check_unique_ids, folder_listing
+from ..validate import check_header, check_interactions, check_unique_ids, folder_listing
 from . import register_reader
 from .common import first_line, load_folder_modalities, parse_price, raw_ids, read_table
 
@@ -112,9 +112,11 @@ def _columns(path: Path) -> list[str]:
     if path.name.lower().endswith(".parquet"):
         pq = _pyarrow(path)
         try:
-            return list(pq.read_schema(path).names)
+            names = list(pq.read_schema(path).names)
         except (OSError, ValueError, TypeError) as exc:  # pyarrow's errors subclass these
             raise DataError(f"cannot read as Parquet: {exc}", file=str(path)) from None
+        check_header(names, file=str(path))
+        return names
     sep = _sep(path)
     return [str(c) for c in read_table(path, sep=sep if sep else r"\s+", nrows=0).columns]
 

@@ -41,7 +41,7 @@ import pandas as pd
 from ...config import DataConfig
 from ...errors import DataError
 from ..dataset import Dataset, Modality, build_dataset
-from ..validate import check_feature_matrix
+from ..validate import check_feature_matrix, load_array
 from . import register_reader
 from .common import first_line, load_folder_modalities, parse_typed_header, raw_ids, read_manifest, read_table
 
@@ -393,7 +393,7 @@ def _load_raw_features(folder: Path, name: str, n_items: int) -> dict[str, Modal
         values = np.fromfile(path, dtype="<f4").reshape(n_items, -1)
         values = check_feature_matrix(values, file=str(path), n_rows=n_items, modality=suffix)
         mask = folder / f"{suffix}_available.npy"
-        available = np.load(mask, allow_pickle=False).astype(bool).reshape(-1) if mask.is_file() else None
+        available = load_array(mask).astype(bool).reshape(-1) if mask.is_file() else None
         prov = {"encoder": "unknown", **manifest.get(suffix, {}), "file": str(path), "layout": "raw float32"}
         mods[suffix] = Modality(suffix, values, available, prov)
     return mods

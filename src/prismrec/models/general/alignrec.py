@@ -34,7 +34,7 @@ from ...data.training import TrainingData
 from ...errors import ConfigError
 from ...graphs import SparseOperator, normalized_bipartite, propagate
 from ...graphs.knn import knn_graph
-from ..base import MODELS, Batch, ModelConfig, Recommender, bpr_loss, l2_norm_reg, l2_sq_reg
+from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, bpr_loss, l2_norm_reg, l2_sq_reg
 from ..layers import MaskedProjection, info_nce
 from .alignrec_stage1 import AlignConfig, concat_modalities, train_alignment
 
@@ -42,7 +42,7 @@ log = logging.getLogger("prismrec")
 
 
 @MODELS.register("alignrec")
-class AlignRec(Recommender):
+class AlignRec(DotProductRecommender):
     """AlignRec (CIKM'24): stage-1 aligned item feature + ID/content views with CCA, UIA and similarity losses."""
 
     min_modalities = 1
@@ -92,7 +92,6 @@ class AlignRec(Recommender):
         self._build_item_graph()
         self.register_load_state_dict_post_hook(lambda module, keys: module._build_item_graph())
         self._reg_divisor = config.reg_batch_size or None
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ----------------------------------------------------------------------------------- features, graphs
     @staticmethod
@@ -110,9 +109,7 @@ class AlignRec(Recommender):
         if cfg.stage1 == "concat":
             values, available = concat_modalities(mods)
             return values, available, {"stage1": "concat", "modalities": sorted(mods)}
-        acfg = AlignConfig(dim=cfg.stage1_dim, epochs=cfg.stage1_epochs, learning_rate=cfg.stage1_learning_rate,
-                           temperature=cfg.stage1_temperature, seed=cfg.stage1_seed)
-        res = train_alignment(mods, acfg)
+        res = train_alignment(mods, AlignConfig.from_prefixed(cfg, "stage1_"))
         return res.values, res.available, {"stage1": "train", **res.report}
 
     def _build_item_graph(self) -> None:
@@ -144,7 +141,6 @@ class AlignRec(Recommender):
         return id_view + content_view, id_view, content_view
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        self._cache = None
         cfg, n_u = self.config, self.n_users
         fused, id_view, content = self.forward()
         u, pos, neg = batch["users"], batch["pos_items"], batch["neg_items"]
@@ -169,16 +165,9 @@ class AlignRec(Recommender):
             diff = diff * (avail[:, None] & avail[None, :])
         return l2_norm_reg(diff)
 
-    @torch.no_grad()
-    def prepare_scoring(self) -> None:
+    def user_item_vectors(self, history=None) -> tuple[torch.Tensor, torch.Tensor]:
         fused = self.forward()[0]
-        self._cache = fused[: self.n_users], fused[self.n_users:]
-
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        if self._cache is None:
-            self.prepare_scoring()
-        u, i = self._cache
-        return u[users] @ i.T
+        return fused[: self.n_users], fused[self.n_users:]
 
     # ---------------------------------------------------------------------------------------- reporting
     def diagnostic_groups(self) -> dict[str, list[nn.Parameter]]:

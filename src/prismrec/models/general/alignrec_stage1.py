@@ -12,16 +12,27 @@ receives pre-extracted features, so this module learns the same *kind* of object
 * fusion: the L2-normalised mean of the aligned vectors of the modalities an item *has* (a missing
   modality is left out, never read as a zero vector); an item with none is unavailable.
 
-Training is its own small loop (Adam, mini-batches of items, a seed), early-stopped on the alignment
-loss of a held-out share of items; the retrieval accuracy a -> b on the held-out items is reported
-before (untrained heads, and the random baseline k / n) and after training. Everything is seeded and
-runs inside ``torch.random.fork_rng``, so the result depends only on the inputs and the settings and the
-caller's random stream is untouched.
+Training runs in the toolkit's one training loop (:class:`~prismrec.utils.loop.EpochLoop`, the loop of
+every run and of ANT's pre-training): the objective is the InfoNCE above on mini-batches of training
+items, reshuffled every epoch with the per-epoch seed ``epoch_seed(seed, epoch)``, Adam without weight
+decay, clipping or schedule. The kept weights are those with the lowest alignment loss on a held-out
+share of items (the untrained heads count as epoch 0; an epoch must lower it by more than 1e-6), and
+``patience`` epochs without such a drop stop training. The retrieval accuracy a -> b on the held-out
+items is reported before (untrained heads, and the random baseline k / n) and after training.
+Everything is seeded and runs inside ``torch.random.fork_rng``, so the result depends only on the inputs
+and the settings and the caller's random stream is untouched.
+
+Settings: ``AlignmentEncoder.Config`` (alias ``AlignConfig``), nested in the class it configures as a
+model's ``Config`` is. It is a typed :class:`~prismrec.config.StrictConfig` rather than a
+``ModelConfig`` because stage 1 is not a registered model: it is a sub-config of AlignRec, whose
+``stage1_<name>`` keys are its fields of the same name (:meth:`AlignmentEncoder.Config.from_prefixed`).
+Its optimisation fields carry the names of the ``train`` section (``epochs``, ``batch_size``,
+``learning_rate``, ``patience``), because stage 1 is trained while AlignRec is built, outside a run's
+``train`` section.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -30,31 +41,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import BaseModel, Field
 from torch import nn
 
-from ...config import StrictConfig
+from ...config import StrictConfig, TrainConfig
 from ...data.dataset import Modality
 from ...graphs.knn import l2_normalize
+from ...utils.loop import EpochLoop, Selection
 from ..layers import MaskedProjection, info_nce
 
 log = logging.getLogger("prismrec")
 
 RETRIEVAL_KS = (1, 10)
-
-
-class AlignConfig(StrictConfig):
-    """Settings of the stage-1 alignment encoder (``prismrec align`` and AlignRec's ``stage1: train``)."""
-
-    dim: int = Field(128, ge=2, description="dimension of the aligned space (the unified feature)")
-    hidden: int = Field(512, ge=1, description="hidden width of each modality's projection head")
-    epochs: int = Field(100, ge=0, description="maximum epochs over the training items")
-    batch_size: int = Field(512, ge=2, description="items per batch (the in-batch negatives)")
-    learning_rate: float = Field(1e-3, gt=0)
-    temperature: float = Field(0.1, gt=0, description="InfoNCE temperature")
-    valid_share: float = Field(0.1, gt=0, lt=1, description="share of items held out for early stopping")
-    patience: int = Field(10, ge=1, description="epochs without a lower held-out loss before stopping")
-    seed: int = Field(0, description="seed of the initialisation, the held-out split and the batches")
 
 
 def concat_modalities(modalities: dict[str, Modality]) -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +85,27 @@ class _Head(nn.Module):
 class AlignmentEncoder(nn.Module):
     """Per-modality projection heads into one shared space, and the fusion into one item feature."""
 
+    class Config(StrictConfig):
+        """Settings of the stage-1 alignment encoder (``prismrec align`` and AlignRec's ``stage1: train``)."""
+
+        dim: int = Field(128, ge=2, description="dimension of the aligned space (the unified feature)")
+        hidden: int = Field(512, ge=1, description="hidden width of each modality's projection head")
+        epochs: int = Field(100, ge=0, description="maximum epochs over the training items")
+        batch_size: int = Field(512, ge=2, description="items per batch (the in-batch negatives)")
+        learning_rate: float = Field(1e-3, gt=0)
+        temperature: float = Field(0.1, gt=0, description="InfoNCE temperature")
+        valid_share: float = Field(0.1, gt=0, lt=1, description="share of items held out for early stopping")
+        patience: int = Field(10, ge=1, description="epochs without a lower held-out loss before stopping")
+        seed: int = Field(0, description="seed of the initialisation, the held-out split and the batches")
+
+        @classmethod
+        def from_prefixed(cls, settings: BaseModel, prefix: str) -> "AlignmentEncoder.Config":
+            """The stage-1 settings a model's config holds as ``<prefix><field>`` (AlignRec: ``stage1_dim``, ...);
+            the fields it does not hold keep their defaults."""
+            values = {name[len(prefix):]: getattr(settings, name) for name in type(settings).model_fields
+                      if name.startswith(prefix) and name[len(prefix):] in cls.model_fields}
+            return cls(**values)
+
     def __init__(self, modalities: dict[str, Modality], dim: int, hidden: int):
         super().__init__()
         self.names = sorted(modalities)
@@ -114,6 +133,10 @@ class AlignmentEncoder(nn.Module):
         available = count > 0
         out[available] = l2_normalize(out[available] / count[available, None])
         return out, available
+
+
+#: the settings of stage 1 (``AlignmentEncoder.Config``)
+AlignConfig = AlignmentEncoder.Config
 
 
 @dataclass
@@ -207,6 +230,35 @@ def train_alignment(modalities: dict[str, Modality], cfg: AlignConfig | None = N
     return result
 
 
+class _ItemBatches:
+    """Stage 1's batch source: the training items, reshuffled every epoch, ``batch_size`` at a time."""
+
+    def __init__(self, items: np.ndarray):
+        self.items = items
+
+    def n_batches(self, batch_size: int) -> int:
+        return -(-len(self.items) // batch_size)
+
+    def epoch(self, rng: np.random.Generator, batch_size: int, device: torch.device):
+        order = torch.as_tensor(rng.permutation(self.items), dtype=torch.long, device=device)
+        for start in range(0, len(order), batch_size):
+            yield {"items": order[start:start + batch_size]}
+
+
+class _Alignment(nn.Module):
+    """Stage 1's objective for the training loop: the alignment loss of a batch of items (None when no
+    modality pair has two items in it: nothing to learn)."""
+
+    def __init__(self, enc: AlignmentEncoder, feats: dict[str, torch.Tensor], avail: dict[str, torch.Tensor],
+                 temperature: float):
+        super().__init__()
+        self.enc = enc
+        self.feats, self.avail, self.temperature = feats, avail, temperature
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return _pair_loss(self.enc, self.feats, self.avail, batch["items"], self.temperature)
+
+
 def _fit(modalities: dict[str, Modality], cfg: AlignConfig, device: torch.device) -> AlignmentResult:
     enc = AlignmentEncoder(modalities, cfg.dim, cfg.hidden).to(device)
     names = enc.names
@@ -219,57 +271,30 @@ def _fit(modalities: dict[str, Modality], cfg: AlignConfig, device: torch.device
     valid, train = np.sort(pairable[:n_valid]), pairable[n_valid:]
     valid_t = torch.as_tensor(valid, dtype=torch.long, device=device)
 
-    def held_out_loss() -> float:
+    def held_out(row: dict[str, Any] | None) -> tuple[float, dict[str, float]]:
+        enc.eval()
         with torch.no_grad():
             vals = [_pair_loss(enc, feats, avail, valid_t[s:s + cfg.batch_size], cfg.temperature)
                     for s in range(0, len(valid_t), cfg.batch_size)]
         vals = [float(v) for v in vals if v is not None]
-        return float(np.mean(vals)) if vals else float("nan")
+        loss = float(np.mean(vals)) if vals else float("nan")
+        return loss, {"valid_loss": loss}
 
     before = retrieval_accuracy(enc, feats, avail, valid)
-    opt = torch.optim.Adam(enc.parameters(), lr=cfg.learning_rate)
-    best_loss, best_state, best_epoch, bad = held_out_loss(), copy.deepcopy(enc.state_dict()), 0, 0
-    history = [best_loss]
-    epoch = 0
-    for epoch in range(1, cfg.epochs + 1):
-        enc.train()
-        order = torch.as_tensor(rng.permutation(train), dtype=torch.long, device=device)
-        for start in range(0, len(order), cfg.batch_size):
-            loss = _pair_loss(enc, feats, avail, order[start:start + cfg.batch_size], cfg.temperature)
-            if loss is None:
-                continue
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        enc.eval()
-        current = held_out_loss()
-        history.append(current)
-        if current < best_loss - 1e-6:
-            best_loss, best_state, best_epoch, bad = current, copy.deepcopy(enc.state_dict()), epoch, 0
-        else:
-            bad += 1
-            if bad >= cfg.patience:
-                break
-    enc.load_state_dict(best_state)
+    settings = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+                           patience=cfg.patience, lr_scheduler=(1.0, 1))
+    selection = Selection("held-out alignment loss", held_out, higher_is_better=False, patience=cfg.patience,
+                          min_delta=1e-6, initial=True)
+    result = EpochLoop(_Alignment(enc, feats, avail, cfg.temperature), _ItemBatches(train), settings, cfg.seed,
+                       selection, device=device, label="stage 1 epoch", log_level=logging.DEBUG).fit()
     enc.eval()
     after = retrieval_accuracy(enc, feats, avail, valid)
     values, available = enc.encode(modalities)
     enc.cpu()
     report = {"aligned": True, "modalities": names, "dim": cfg.dim, "train_items": int(len(train)),
-              "valid_items": int(len(valid)), "epochs_run": epoch, "best_epoch": best_epoch,
-              "valid_loss": history, "retrieval_before": before, "retrieval_after": after,
-              "settings": cfg.model_dump()}
-    log.info("stage 1: best held-out alignment loss %.4f at epoch %d of %d", best_loss, best_epoch, epoch)
+              "valid_items": int(len(valid)), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+              "valid_loss": [h["valid_loss"] for h in result.history], "retrieval_before": before,
+              "retrieval_after": after, "settings": cfg.model_dump()}
+    log.info("stage 1: best held-out alignment loss %.4f at epoch %d of %d", result.best_score, result.best_epoch,
+             result.epochs_run)
     return AlignmentResult(values, available, enc, report)
-
-
-def retrieval_table(report: dict[str, Any]) -> str:
-    """Markdown table of the held-out retrieval accuracy: random baseline, untrained heads, aligned."""
-    lines = ["| query -> target | held-out items | random top-1 / top-10 | untrained top-1 / top-10 | "
-             "aligned top-1 / top-10 |", "|---|---|---|---|---|"]
-    for pair, after in report.get("retrieval_after", {}).items():
-        before = report["retrieval_before"].get(pair, {})
-        lines.append(f"| {pair} | {after['n']} | {after['random_top1']:.4f} / {after['random_top10']:.4f} | "
-                     f"{before.get('top1', float('nan')):.4f} / {before.get('top10', float('nan')):.4f} | "
-                     f"{after['top1']:.4f} / {after['top10']:.4f} |")
-    return "\n".join(lines)

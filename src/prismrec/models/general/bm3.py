@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from ...data.training import TrainingData
 from ...graphs import SparseOperator, normalized_bipartite, propagate
-from ..base import MODELS, Batch, ModelConfig, Recommender, l2_norm_reg
+from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, l2_norm_reg
 from ..layers import ModalityProjections
 
 
@@ -36,7 +36,7 @@ def cosine_loss(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @MODELS.register("bm3")
-class BM3(Recommender):
+class BM3(DotProductRecommender):
     """BM3: LightGCN + feature projections, trained with dropout views and cosine losses."""
 
     sampler = "positives"
@@ -60,7 +60,6 @@ class BM3(Recommender):
         for layer in [self.predictor, *self.features.linears()]:
             nn.init.xavier_normal_(layer.weight)  # MMRec: Xavier-normal weights, torch's default biases
         self.adj = SparseOperator(normalized_bipartite(data.train), symmetric=True)
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``h_u`` and ``h_i = e_i^LGCN + e_i`` for all users and items."""
@@ -69,7 +68,6 @@ class BM3(Recommender):
         return out[: self.n_users], out[self.n_users:] + self.item_embedding
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        self._cache = None
         p = self.config.dropout
         users, items = self.forward()
         u, i = batch["users"], batch["pos_items"]
@@ -97,13 +95,7 @@ class BM3(Recommender):
         return {"propagation (forward + backward)": 3 * (self.config.n_layers + 1) * n * d * 4,
                 "dropout target views": n * d * 4}
 
-    @torch.no_grad()
-    def prepare_scoring(self) -> None:
+    def user_item_vectors(self, history=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both sides through the predictor (MMRec's ``full_sort_predict``)."""
         users, items = self.forward()
-        self._cache = (self.predictor(users), self.predictor(items))
-
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        if self._cache is None:
-            self.prepare_scoring()
-        u, i = self._cache
-        return u[users] @ i.T
+        return self.predictor(users), self.predictor(items)

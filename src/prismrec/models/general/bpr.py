@@ -14,11 +14,11 @@ from pydantic import Field
 from torch import nn
 
 from ...data.training import TrainingData
-from ..base import MODELS, Batch, ModelConfig, Recommender, bpr_loss, l2_norm_reg, l2_sq_reg
+from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, bpr_loss, l2_norm_reg, l2_sq_reg
 
 
 @MODELS.register("bpr", aliases=("bprmf", "mf"))
-class BPR(Recommender):
+class BPR(DotProductRecommender):
     """Matrix factorisation with the BPR loss; see the module docstring."""
 
     class Config(ModelConfig):
@@ -48,6 +48,10 @@ class BPR(Recommender):
         reg = self._reg(u, self.item_embedding[pos], self.item_embedding[neg])
         return {"loss": rank + self.config.reg_weight * reg, "bpr": rank, "reg": reg}
 
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        s = self.user_embedding[users] @ self.item_embedding.T
-        return s + self.item_bias if self.item_bias is not None else s
+    def user_item_vectors(self, history=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``p_u`` and ``q_i``; with an item bias, ``[p_u; 1]`` and ``[q_i; b_i]`` (the bias folded in)."""
+        if self.item_bias is None:
+            return self.user_embedding, self.item_embedding
+        ones = torch.ones(self.n_users, 1, device=self.user_embedding.device)
+        return (torch.cat([self.user_embedding, ones], 1),
+                torch.cat([self.item_embedding, self.item_bias.unsqueeze(1)], 1))

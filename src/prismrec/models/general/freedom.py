@@ -28,7 +28,7 @@ from torch import nn
 from ...data.training import TrainingData
 from ...graphs import SparseOperator, normalized_bipartite, propagate
 from ...graphs.knn import modality_weights, multimodal_knn_graph
-from ..base import MODELS, Batch, ModelConfig, Recommender, bpr_loss
+from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, bpr_loss
 from ..layers import ModalityProjections
 
 
@@ -43,7 +43,7 @@ def sample_edges(weights: torch.Tensor, n_keep: int) -> torch.Tensor:
 
 
 @MODELS.register("freedom")
-class FREEDOM(Recommender):
+class FREEDOM(DotProductRecommender):
     """FREEDOM: frozen kNN item graph + degree-sensitive edge pruning; see the module docstring."""
 
     min_modalities = 1
@@ -77,7 +77,6 @@ class FREEDOM(Recommender):
         deg_u = np.asarray(data.train.sum(axis=1)).ravel() + 1e-7
         deg_i = np.asarray(data.train.sum(axis=0)).ravel() + 1e-7
         self._edge_weight = torch.from_numpy((deg_u[coo.row] * deg_i[coo.col]) ** -0.5)  # CPU, float64
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # graphs ----------------------------------------------------------------------------------------
     def n_kept_edges(self) -> int:
@@ -104,7 +103,6 @@ class FREEDOM(Recommender):
         return out[: self.n_users], out[self.n_users:] + h
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        self._cache = None
         users, items = self.forward(self.masked_adj)
         u, pos, neg = batch["users"], batch["pos_items"], batch["neg_items"]
         ue = users[u]
@@ -131,12 +129,6 @@ class FREEDOM(Recommender):
         return {"modality_weights": self.modality_weights, "item_graph_edges": self.mm_adj.nnz,
                 "kept_edges_per_epoch": kept}
 
-    @torch.no_grad()
-    def prepare_scoring(self) -> None:
-        self._cache = self.forward(self.adj)
-
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        if self._cache is None:
-            self.prepare_scoring()
-        u, i = self._cache
-        return u[users] @ i.T
+    def user_item_vectors(self, history=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scoring uses the full user-item graph (training uses the degree-pruned one)."""
+        return self.forward(self.adj)

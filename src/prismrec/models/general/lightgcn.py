@@ -16,11 +16,11 @@ from torch import nn
 
 from ...data.training import TrainingData
 from ...graphs import SparseOperator, normalized_bipartite, propagate
-from ..base import MODELS, Batch, ModelConfig, Recommender, bpr_loss, l2_norm_reg, l2_sq_reg
+from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, bpr_loss, l2_norm_reg, l2_sq_reg
 
 
 @MODELS.register("lightgcn", aliases=("lgcn",))
-class LightGCN(Recommender):
+class LightGCN(DotProductRecommender):
     """LightGCN with BPR; see the module docstring."""
 
     class Config(ModelConfig):
@@ -38,7 +38,6 @@ class LightGCN(Recommender):
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
         self.adj = SparseOperator(normalized_bipartite(data.train), symmetric=True)
         self._reg = l2_norm_reg if config.reg_type == "mmrec" else l2_sq_reg
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Propagated (users, items) embeddings, Eq. 7-8."""
@@ -47,7 +46,6 @@ class LightGCN(Recommender):
         return out[: self.n_users], out[self.n_users:]
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        self._cache = None
         users, items = self.forward()
         u, pos, neg = batch["users"], batch["pos_items"], batch["neg_items"]
         ue = users[u]
@@ -59,12 +57,5 @@ class LightGCN(Recommender):
         n = self.n_users + self.n_items
         return {"propagation (forward + backward)": 3 * (self.config.n_layers + 1) * n * self.config.embedding_size * 4}
 
-    @torch.no_grad()
-    def prepare_scoring(self) -> None:
-        self._cache = self.forward()
-
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        if self._cache is None:
-            self.prepare_scoring()
-        u, i = self._cache
-        return u[users] @ i.T
+    def user_item_vectors(self, history=None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward()

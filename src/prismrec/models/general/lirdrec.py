@@ -37,7 +37,7 @@ from ...data.training import TrainingData
 from ...errors import ConfigError
 from ...graphs import SparseOperator, normalized_bipartite, propagate
 from ...registry import suggest
-from ..base import MODELS, Batch, ModelConfig, Recommender, bpr_loss
+from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, bpr_loss
 from ..layers import MaskedProjection, feature_tables
 from ...graphs.knn import modality_weights, multimodal_knn_graph
 
@@ -112,7 +112,7 @@ class ProgressiveWeightCopying(nn.Module):
 
 
 @MODELS.register("lirdrec")
-class LIRDRec(Recommender):
+class LIRDRec(DotProductRecommender):
     """ID-free items from multimodal MLPs + DCT shared branch, LightGCN (layer sum), PWC fusion."""
 
     min_modalities = 1
@@ -182,7 +182,6 @@ class LIRDRec(Recommender):
             self.register_buffer("stale", torch.zeros(self.n_users + self.n_items, n_ch * d))
             self.register_buffer("stale_ready", torch.tensor(False))
         self.n_cold_items = int((np.diff(data.train.tocsc().indptr) == 0).sum())
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @staticmethod
     def _modality_names(config: Config, data: TrainingData) -> list[str]:
@@ -213,12 +212,17 @@ class LIRDRec(Recommender):
             x = x + self.item_id_embedding.view(self.n_items, len(self.channels), -1)
         return x
 
-    def forward(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Final (users ``(U, C·d)``, items ``(I, C·d)``, PWC weights ``(U, C)``); see the module docstring."""
+    def propagated(self) -> torch.Tensor:
+        """Layer-summed LightGCN output ``(U + I, C·d)`` on the normalised layer-0 inputs."""
         n_u, n_ch, d = self.n_users, len(self.channels), self.config.embedding_size
         x = torch.cat([self.user_preference.view(n_u, n_ch, d), self.item_inputs()], dim=0)
         x = F.normalize(x, dim=-1).reshape(-1, n_ch * d)
-        h = propagate(self.adj, x, self.config.n_ui_layers, combine="sum")
+        return propagate(self.adj, x, self.config.n_ui_layers, combine="sum")
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Final (users ``(U, C·d)``, items ``(I, C·d)``, PWC weights ``(U, C)``); see the module docstring."""
+        n_u, n_ch, d = self.n_users, len(self.channels), self.config.embedding_size
+        h = self.propagated()
         users, items = h[:n_u].view(n_u, n_ch, d), h[n_u:]
         hop = items
         for _ in range(self.config.n_mm_layers):
@@ -230,12 +234,10 @@ class LIRDRec(Recommender):
     # training --------------------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int) -> None:
         """PWC's per-epoch update (the code's ``pre_epoch_processing``)."""
-        self._cache = None
         self.pwc.start_epoch(epoch)
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         """BPR on the batch + ``reg_weight · (mean(U²) + mean(I²))`` over all users and items (code)."""
-        self._cache = None
         users, items, att = self.forward()
         self.pwc.last_att.copy_(att.detach())
         if self.config.legacy_stale_eval:
@@ -255,20 +257,68 @@ class LIRDRec(Recommender):
         return {"id": [self.item_id_embedding], "feature": feature}
 
     # scoring ---------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def prepare_scoring(self) -> None:
-        """Recompute the final embeddings, or (``legacy_stale_eval``) reuse the last training forward."""
+    def user_item_vectors(self, history=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The final embeddings, or (``legacy_stale_eval``) those of the last training forward."""
         if self.config.legacy_stale_eval and bool(self.stale_ready):
-            self._cache = (self.stale[: self.n_users], self.stale[self.n_users:])
-        else:
-            users, items, _ = self.forward()
-            self._cache = (users, items)
+            return self.stale[: self.n_users], self.stale[self.n_users:]
+        users, items, _ = self.forward()
+        return users, items
 
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        if self._cache is None:
-            self.prepare_scoring()
-        u, i = self._cache
-        return u[users] @ i.T
+    # new items ---------------------------------------------------------------------------------------
+    def can_place_items(self) -> bool:
+        """The item tower places new items unless items carry IDs (``id_hybrid``) or the shared branch's
+        spectrum mixes items (``dct_mode: 2d``)."""
+        return not self.config.id_hybrid and self.config.dct_mode != "2d"
+
+    def clear_scoring(self) -> None:
+        super().clear_scoring()
+        self._placement: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def place_items(self, features) -> torch.Tensor:
+        """Vectors of new items from their features, by the model's own item tower.
+
+        Layer 0 is the modality MLPs and the shared DCT branch on the item's features (a missing modality
+        uses the learned missing vectors), L2-normalised per channel. A new item has no interactions, so
+        user-item propagation leaves it unchanged; the item-item step adds ``sum_m w_m / k (x + sum of its
+        k - 1 nearest catalogue items' propagated vectors)`` over the modalities it has, normalised by their
+        weight, as ``A_mm`` does for a catalogue item. Catalogue vectors are not changed.
+        """
+        if not self.can_place_items():
+            return super().place_items(features)
+        if getattr(self, "_placement", None) is None:
+            self._placement = self.propagated()[self.n_users:]
+        n = len(next(iter(features.values()))[0]) if features else 0
+        chans, spectra, missing, have = [], [], [], {}
+        for name, table in self.features.items():
+            vals, ok = features.get(name, (np.zeros((n, table.dim), np.float32), np.zeros(n, bool)))
+            vals = np.asarray(vals, np.float32).reshape(n, table.dim)
+            ok = np.asarray(ok, bool).reshape(n)
+            have[name] = (vals, ok)
+            chans.append(self.projections[name](torch.from_numpy(vals).to(self.device),
+                                                torch.from_numpy(ok).to(self.device)))
+            spec = vals if self.config.dct_mode == "none" else scipy.fft.dct(vals, type=2, norm="ortho", axis=1)
+            spectra.append(np.where(ok[:, None], spec, 0.0).astype(np.float32))
+            missing.append((~ok).astype(np.float32))
+        lin, act, last = self.shared
+        hidden = (lin(torch.from_numpy(np.concatenate(spectra, axis=1)).to(self.device))
+                  + torch.from_numpy(np.stack(missing, axis=1)).to(self.device) @ self.shared_missing)
+        chans.append(last(act(hidden)))
+        x = F.normalize(torch.stack(chans, dim=1), dim=-1).reshape(n, -1)
+        k = self.config.knn_k
+        hop, total = torch.zeros_like(x), torch.zeros(n, 1, device=x.device)
+        for name, w in self.mm_weights.items():
+            vals, ok = have[name]
+            if not ok.any():
+                continue
+            table = self.features[name]
+            rows = torch.nonzero(table.available).squeeze(1)
+            sims = F.normalize(torch.from_numpy(vals).to(self.device), dim=-1) @ F.normalize(table.values[rows], dim=-1).T
+            nearest = rows[torch.topk(sims, min(k - 1, len(rows)), dim=1).indices]
+            use = torch.from_numpy(ok).to(self.device).unsqueeze(1)
+            hop += use * (w / k) * (x + self._placement[nearest].sum(1))
+            total += use * w
+        return x + hop / total.clamp_min(1e-12)
 
     def memory_hint(self) -> dict[str, int]:
         width = len(self.channels) * self.config.embedding_size

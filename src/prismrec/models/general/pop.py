@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from ...data.training import TrainingData
-from ..base import MODELS, ModelConfig, Recommender
+from ..base import MODELS, DotProductRecommender, ModelConfig
 
 
 @MODELS.register("pop", aliases=("itempop", "popularity"))
-class Pop(Recommender):
+class Pop(DotProductRecommender):
     """Scores item ``i`` by its number of training interactions (no parameters, no training)."""
 
     trainable = False
@@ -21,5 +21,6 @@ class Pop(Recommender):
         super().__init__(config, data)
         self.register_buffer("popularity", torch.as_tensor(data.item_popularity(), dtype=torch.float32))
 
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        return self.popularity.unsqueeze(0).expand(len(users), -1).clone()
+    def user_item_vectors(self, history=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every user is the vector ``[1]``, every item its popularity ``[n_i]``."""
+        return self.popularity.new_ones(self.n_users, 1), self.popularity.unsqueeze(1)

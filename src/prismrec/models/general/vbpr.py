@@ -26,12 +26,12 @@ from pydantic import Field
 from torch import nn
 
 from ...data.training import TrainingData
-from ..base import MODELS, Batch, ModelConfig, Recommender, bpr_loss, l2_norm_reg
+from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, bpr_loss, l2_norm_reg
 from ..layers import ModalityProjections
 
 
 @MODELS.register("vbpr")
-class VBPR(Recommender):
+class VBPR(DotProductRecommender):
     """VBPR as in MMRec: [ID ; projected features] items, 2d users, BPR; see the module docstring."""
 
     min_modalities = 1
@@ -51,7 +51,6 @@ class VBPR(Recommender):
         std = math.sqrt(2.0 / (self.features.in_dim() + d))
         for layer in self.features.linears():
             nn.init.normal_(layer.weight, 0.0, std)
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """``q_i = [gamma_i ; sum_m E_m f_i^m + b]`` for ``items`` (all items when None)."""
@@ -60,7 +59,6 @@ class VBPR(Recommender):
         return torch.cat([ids, feats], dim=-1)
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        self._cache = None
         u = self.user_embedding[batch["users"]]
         pos, neg = self.item_vectors(batch["pos_items"]), self.item_vectors(batch["neg_items"])
         rank = bpr_loss((u * pos).sum(-1), (u * neg).sum(-1))
@@ -75,12 +73,5 @@ class VBPR(Recommender):
         return {"modalities": {n: self.features.tables[n].dim for n in self.features.names},
                 "missing_features": {n: self.features.tables[n].n_missing for n in self.features.names}}
 
-    @torch.no_grad()
-    def prepare_scoring(self) -> None:
-        self._cache = (self.user_embedding, self.item_vectors())
-
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        if self._cache is None:
-            self.prepare_scoring()
-        u, i = self._cache
-        return u[users] @ i.T
+    def user_item_vectors(self, history=None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.user_embedding, self.item_vectors()

@@ -8,9 +8,10 @@ last ``max_len`` items and **left-padded** with 0; item ``i`` is token ``i + 1``
 position in one pass (:class:`WindowSampler`); other encoders get one sample per prefix
 (:class:`SequenceSampler`).
 
-Evaluation. ``use_history(stage)`` gives the model the sequences known at that point (train for
+Evaluation. ``prepare_scoring(history)`` gives the model the sequences known at that point (train for
 validation, train + valid for test, everything when serving); ``score(users)`` encodes each user's
-last ``max_len`` items. ``score_sequences`` scores arbitrary sessions (serving, explanations).
+last ``max_len`` items. ``session_vectors``/``score_sequences`` encode and score arbitrary sessions
+(serving, explanations).
 
 Loss. Full softmax cross-entropy over all items (default), or sampled softmax with uniform
 negatives (``loss_type: sampled``; the positive is logit 0 among ``num_sampled`` negatives; a
@@ -30,6 +31,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from ...data.split import History
 from ...data.training import TrainingData
 from ..base import Batch, ModelConfig, Recommender
 
@@ -222,7 +224,6 @@ class SequentialRecommender(Recommender):
     def loss(self, batch: Batch) -> torch.Tensor | dict[str, torch.Tensor]:
         """Next-item cross-entropy: at the last position (prefix batches) or at every non-padded
         position (window batches of causal models)."""
-        self._item_cache = None
         targets = batch["targets"]
         if targets.dim() == 1:
             return self.logits_loss(self.encode(batch["seqs"]), targets, self.item_embeddings())
@@ -231,18 +232,23 @@ class SequentialRecommender(Recommender):
         return self.logits_loss(h[keep], targets[keep], self.item_embeddings())
 
     # scoring ---------------------------------------------------------------------------------------
-    def use_history(self, stage: str, split: Any) -> None:
-        stages = {"valid": ("train",), "test": ("train", "valid"), "all": ("all",)}[stage]
-        self._history = split.sequences(stages)
+    #: ``score(u) == encode(u's history) @ item_embeddings().T``
+    dot_product: ClassVar[bool] = True
 
-    def user_sequences(self, users: np.ndarray) -> np.ndarray:
-        """Left-padded token windows of the current histories of ``users``."""
-        indptr, items = self._history
+    def user_sequences(self, users: np.ndarray, history: History | None = None) -> np.ndarray:
+        """Left-padded token windows of the histories of ``users`` (the last scoring history by default)."""
+        indptr, items = history.sequences if history is not None else self._history
         return pad_windows(items, indptr[users], indptr[users + 1], self.max_len)
 
     @torch.no_grad()
-    def prepare_scoring(self) -> None:
+    def prepare_scoring(self, history: History | None = None) -> None:
+        """Keep ``history``'s sequences (the users' inputs) and compute the item table once."""
+        if history is not None:
+            self._history = history.sequences
         self._item_cache = self.item_embeddings()
+
+    def clear_scoring(self) -> None:
+        self._item_cache = None
 
     def _items(self) -> torch.Tensor:
         return self._item_cache if self._item_cache is not None else self.item_embeddings()
@@ -251,10 +257,23 @@ class SequentialRecommender(Recommender):
         seqs = torch.as_tensor(self.user_sequences(users.cpu().numpy()), device=users.device)
         return self.encode(seqs) @ self._items().T
 
-    def score_sequences(self, sessions: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Scores of all items after each session (a list of internal item ids, oldest first)."""
+    @torch.no_grad()
+    def user_item_vectors(self, history: History | None = None, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every user's encoded history (``history``, else the last scoring history) and the item table."""
+        items = self._items()
+        users = [self.encode(torch.as_tensor(self.user_sequences(np.arange(s, min(s + chunk, self.n_users)), history),
+                                             device=self.device))
+                 for s in range(0, self.n_users, chunk)]
+        return (torch.cat(users) if users else items.new_zeros(0, items.shape[1])), items
+
+    def session_vectors(self, sessions: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Query vectors ``(len(sessions), d)`` of arbitrary sessions (internal item ids, oldest first)."""
         lens = np.asarray([len(s) for s in sessions])
         flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in sessions]) if lens.sum() else np.zeros(0, np.int64)
         ends = np.cumsum(lens)
         seqs = pad_windows(flat, ends - lens, ends, self.max_len)
-        return self.encode(torch.as_tensor(seqs, device=self.device)) @ self._items().T
+        return self.encode(torch.as_tensor(seqs, device=self.device))
+
+    def score_sequences(self, sessions: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Scores of all items after each session (a list of internal item ids, oldest first)."""
+        return self.session_vectors(sessions) @ self._items().T

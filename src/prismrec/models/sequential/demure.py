@@ -49,23 +49,6 @@ from .base import PAD
 from .sasrec import SASRecF
 
 
-class DemureConfig(SASRecF.Config):
-    noise_ratio: float = Field(
-        0.2, gt=0, le=0.5,
-        description="share of a sequence's candidate parts marked noise (lowest contributions); the same share "
-                    "of highest contributions are the point-of-interests")
-    granularity: Literal["modality", "item"] = Field(
-        "modality", description="rank (position, modality) parts (the ID part is never noise), or whole items")
-    view_op: Literal["zero", "mask", "replace"] = Field(
-        "zero", description="how a marked part is altered in a view: zeroed, a learned mask vector per part, "
-                            "or the same part of a uniformly drawn random item")
-    cl_weight: float = Field(0.1, ge=0, description="weight lambda of the contrastive loss")
-    tau: float = Field(0.2, gt=0, description="InfoNCE temperature (cosine similarities)")
-    warmup_epochs: int = Field(5, ge=0, description="epochs of plain cross-entropy before the contrastive loss")
-    hard_negative: bool = Field(True, description="add the noisy view (point-of-interests altered) as a hard "
-                                                  "negative of its own sequence; false: in-batch negatives only")
-
-
 @dataclass
 class NoiseMarks:
     """Which input parts of a batch are noise / point-of-interests.
@@ -84,9 +67,23 @@ class NoiseMarks:
 class Demure(SASRecF):
     """SASRec-F trained with Demure-style (reconstructed) modality denoising contrastive learning."""
 
-    Config = DemureConfig
+    class Config(SASRecF.Config):
+        noise_ratio: float = Field(
+            0.2, gt=0, le=0.5,
+            description="share of a sequence's candidate parts marked noise (lowest contributions); the same share "
+                        "of highest contributions are the point-of-interests")
+        granularity: Literal["modality", "item"] = Field(
+            "modality", description="rank (position, modality) parts (the ID part is never noise), or whole items")
+        view_op: Literal["zero", "mask", "replace"] = Field(
+            "zero", description="how a marked part is altered in a view: zeroed, a learned mask vector per part, "
+                                "or the same part of a uniformly drawn random item")
+        cl_weight: float = Field(0.1, ge=0, description="weight lambda of the contrastive loss")
+        tau: float = Field(0.2, gt=0, description="InfoNCE temperature (cosine similarities)")
+        warmup_epochs: int = Field(5, ge=0, description="epochs of plain cross-entropy before the contrastive loss")
+        hard_negative: bool = Field(True, description="add the noisy view (point-of-interests altered) as a hard "
+                                                      "negative of its own sequence; false: in-batch negatives only")
 
-    def __init__(self, config: DemureConfig, data: TrainingData):
+    def __init__(self, config: Demure.Config, data: TrainingData):
         super().__init__(config, data)
         names = list(self.tokens.features.names) + (["id"] if self.tokens.use_ids else [])
         self.mask_vectors = None
@@ -184,7 +181,6 @@ class Demure(SASRecF):
         """Cross-entropy at every position of each window (as SASRec-F); after the warm-up, plus
         ``cl_weight`` x the contrastive loss at the last position of each window, and diagnostics
         ``noise_<modality>``: the share of the marked noise parts that belong to each modality."""
-        self._item_cache = None
         seqs, targets = batch["seqs"], batch["targets"]
         items = self.item_embeddings()
         parts = self.input_parts(seqs)

@@ -24,29 +24,23 @@ from .base import PAD, SequentialConfig, SequentialRecommender
 from .layers import ItemTokens
 
 
-class GRU4RecConfig(SequentialConfig):
-    hidden_size: int = Field(128, ge=1, description="GRU state size (RecBole default 128)")
-    n_layers: int = Field(1, ge=1)
-    dropout: float = Field(0.3, ge=0, lt=1, description="dropout on the input embeddings (RecBole 0.3)")
-
-
-class GRU4RecFConfig(GRU4RecConfig):
-    use_ids: bool = Field(True, description="add item ID embeddings to the projected features")
-
-
 @MODELS.register("gru4rec")
 class GRU4Rec(SequentialRecommender):
     """Recurrent next-item model on item ids."""
 
-    Config = GRU4RecConfig
+    class Config(SequentialConfig):
+        hidden_size: int = Field(128, ge=1, description="GRU state size (RecBole default 128)")
+        n_layers: int = Field(1, ge=1)
+        dropout: float = Field(0.3, ge=0, lt=1, description="dropout on the input embeddings (RecBole 0.3)")
+
     causal = True
     use_features = False
 
-    def __init__(self, config: GRU4RecConfig, data: TrainingData):
+    def __init__(self, config: GRU4Rec.Config, data: TrainingData):
         super().__init__(config, data)
         d = config.embedding_size
         self.tokens = ItemTokens(self.n_items, d, data.modalities if self.use_features else None,
-                                 use_ids=getattr(config, "use_ids", True), init="xavier")
+                                 use_ids=config.use_ids if self.use_features else True, init="xavier")
         self.dropout = nn.Dropout(config.dropout)
         self.gru = nn.GRU(d, config.hidden_size, config.n_layers, batch_first=True)
         self.dense = nn.Linear(config.hidden_size, d)
@@ -73,6 +67,8 @@ class GRU4Rec(SequentialRecommender):
 class GRU4RecF(GRU4Rec):
     """GRU4Rec whose item embeddings add projected item features (any number of modalities)."""
 
-    Config = GRU4RecFConfig
+    class Config(GRU4Rec.Config):
+        use_ids: bool = Field(True, description="add item ID embeddings to the projected features")
+
     use_features = True
     min_modalities = 1

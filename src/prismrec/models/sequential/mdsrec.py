@@ -246,49 +246,47 @@ class Block(nn.Module):
         return y + self.ff(y)
 
 
-class MDSRecConfig(SequentialConfig):
-    variant: Literal["mdsrec", "sgp4sr"] = Field(
-        "mdsrec", description="mdsrec: modality branches only; sgp4sr: plus the ID/co-occurrence branch")
-    embedding_size: int = Field(64, ge=1, description="d (SGP4SR code: 300)")
-    n_layers: int = Field(2, ge=1)
-    n_heads: int = Field(4, ge=1, description="attention heads (SGP4SR code: 4)")
-    dropout: float = Field(0.5, ge=0, lt=1, description="embedding, attention and FFN dropout (SGP4SR code: 0.5)")
-    knn_k: int = Field(10, ge=1, description="neighbours per item in each modality's relation graph")
-    miu_m: float = Field(2.5, ge=1, description="cosine candidate pool = int(knn_k * miu_m)")
-    miu_c: float = Field(0.3, ge=0, description="co-occurrence candidate pool = int(knn_k * miu_c)")
-    cooc_window: int | None = Field(
-        None, ge=1, description="count co-occurring pairs at most this far apart; None = max_len")
-    n_centers: int = Field(50, ge=1, description="k-means interest centres per modality (K)")
-    kmeans_backend: Literal["torch", "faiss"] = Field("torch", description="k-means implementation")
-    kmeans_seed: int = Field(100, description="k-means seed (fixed, independent of the run seed)")
-    image_weight: float = Field(
-        0.1, ge=0, le=1, description="weight w of the 'image' branch (code mb = 0.1); the other modalities "
-                                     "share 1 - w equally")
-    mm_weights: dict[str, float] | None = Field(
-        None, description="explicit weight per modality (normalised to sum 1); overrides image_weight")
-    id_weight: float = Field(0.6, ge=0, description="fusion weight of the ID branch (variant sgp4sr; code 0.6)")
-    id_input_exponent: float = Field(0.9, description="ID-branch input scale d ** exponent (code 0.9)")
-    center_mask: Literal["padding", "official_tril"] = Field(
-        "padding", description="centres see every item (padding) or centre c only the first c + 1 items (code)")
-    assign: Literal["gumbel", "softmax"] = Field(
-        "gumbel", description="soft centre assignment in training: Gumbel-softmax (code) or softmax; "
-                              "evaluation always uses the softmax")
-    share_layers: bool = Field(True, description="one block stack for every branch and the centres (code)")
-    modalities: list[str] | None = Field(None, description="modalities used as branches; None = all")
-    graph_backend: Literal["auto", "torch", "faiss", "ivf"] = Field("auto", description="kNN search backend")
-
-
 @MODELS.register("mdsrec")
 class MDSRec(SequentialRecommender):
     """Per-modality relation graphs, interest-centralised attention, fused and per-modality heads."""
 
-    Config = MDSRecConfig
+    class Config(SequentialConfig):
+        variant: Literal["mdsrec", "sgp4sr"] = Field(
+            "mdsrec", description="mdsrec: modality branches only; sgp4sr: plus the ID/co-occurrence branch")
+        embedding_size: int = Field(64, ge=1, description="d (SGP4SR code: 300)")
+        n_layers: int = Field(2, ge=1)
+        n_heads: int = Field(4, ge=1, description="attention heads (SGP4SR code: 4)")
+        dropout: float = Field(0.5, ge=0, lt=1, description="embedding, attention and FFN dropout (SGP4SR code: 0.5)")
+        knn_k: int = Field(10, ge=1, description="neighbours per item in each modality's relation graph")
+        miu_m: float = Field(2.5, ge=1, description="cosine candidate pool = int(knn_k * miu_m)")
+        miu_c: float = Field(0.3, ge=0, description="co-occurrence candidate pool = int(knn_k * miu_c)")
+        cooc_window: int | None = Field(
+            None, ge=1, description="count co-occurring pairs at most this far apart; None = max_len")
+        n_centers: int = Field(50, ge=1, description="k-means interest centres per modality (K)")
+        kmeans_backend: Literal["torch", "faiss"] = Field("torch", description="k-means implementation")
+        kmeans_seed: int = Field(100, description="k-means seed (fixed, independent of the run seed)")
+        image_weight: float = Field(
+            0.1, ge=0, le=1, description="weight w of the 'image' branch (code mb = 0.1); the other modalities "
+                                         "share 1 - w equally")
+        mm_weights: dict[str, float] | None = Field(
+            None, description="explicit weight per modality (normalised to sum 1); overrides image_weight")
+        id_weight: float = Field(0.6, ge=0, description="fusion weight of the ID branch (variant sgp4sr; code 0.6)")
+        id_input_exponent: float = Field(0.9, description="ID-branch input scale d ** exponent (code 0.9)")
+        center_mask: Literal["padding", "official_tril"] = Field(
+            "padding", description="centres see every item (padding) or centre c only the first c + 1 items (code)")
+        assign: Literal["gumbel", "softmax"] = Field(
+            "gumbel", description="soft centre assignment in training: Gumbel-softmax (code) or softmax; "
+                                  "evaluation always uses the softmax")
+        share_layers: bool = Field(True, description="one block stack for every branch and the centres (code)")
+        modalities: list[str] | None = Field(None, description="modalities used as branches; None = all")
+        graph_backend: Literal["auto", "torch", "faiss", "ivf"] = Field("auto", description="kNN search backend")
+
     min_modalities = 1
     # The centres attend to the whole input sequence, so in a window the centre term of position t would
     # see items after t: training uses one sample per prefix (as the official RecBole setup) instead.
     causal = False
 
-    def __init__(self, config: MDSRecConfig, data: TrainingData):
+    def __init__(self, config: MDSRec.Config, data: TrainingData):
         super().__init__(config, data)
         names = sorted(config.modalities if config.modalities is not None else data.modalities)
         unknown = [n for n in names if n not in data.modalities]
@@ -370,10 +368,14 @@ class MDSRec(SequentialRecommender):
         return torch.cat([t["E"], *(t[m] for m in self.names)], dim=1)
 
     @torch.no_grad()
-    def prepare_scoring(self) -> None:
+    def prepare_scoring(self, history=None) -> None:
         self._tables_cache = None
         self._tables_cache = self.tables()
-        self._item_cache = self.item_embeddings()
+        super().prepare_scoring(history)
+
+    def clear_scoring(self) -> None:
+        self._item_cache = None
+        self._tables_cache = None
 
     # sequence side --------------------------------------------------------------------------------
     def input_parts(self, seqs: torch.Tensor, tables: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -462,8 +464,6 @@ class MDSRec(SequentialRecommender):
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Eq. 13: ``CE(u E^T) + sum_m w_m CE(u_m H_m^T)`` at the last position of each prefix (full softmax,
         or sampled softmax per head with ``loss_type: sampled``)."""
-        self._item_cache = None
-        self._tables_cache = None
         seqs, targets = batch["seqs"], batch["targets"]
         if targets.dim() != 1:
             raise ValueError("mdsrec trains on prefixes (one target per sequence), not on windows")

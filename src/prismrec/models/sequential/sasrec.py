@@ -24,27 +24,22 @@ from .base import SequentialConfig, SequentialRecommender
 from .layers import CausalTransformer, ItemTokens
 
 
-class SASRecConfig(SequentialConfig):
-    n_layers: int = Field(2, ge=1)
-    n_heads: int = Field(2, ge=1)
-    dropout: float = Field(0.2, ge=0, lt=1)
-
-
 @MODELS.register("sasrec")
 class SASRec(SequentialRecommender):
     """Self-attentive sequential recommendation on item ids."""
 
-    Config = SASRecConfig
+    class Config(SequentialConfig):
+        n_layers: int = Field(2, ge=1)
+        n_heads: int = Field(2, ge=1)
+        dropout: float = Field(0.2, ge=0, lt=1)
+
     use_features = False
 
-    class _Feat(SASRecConfig):
-        use_ids: bool = Field(True, description="add item ID embeddings to the projected features")
-
-    def __init__(self, config: SASRecConfig, data: TrainingData):
+    def __init__(self, config: SASRec.Config, data: TrainingData):
         super().__init__(config, data)
         d = config.embedding_size
         self.tokens = ItemTokens(self.n_items, d, data.modalities if self.use_features else None,
-                                 use_ids=getattr(config, "use_ids", True))
+                                 use_ids=config.use_ids if self.use_features else True)
         self.encoder = CausalTransformer(d, config.max_len, config.n_layers, config.n_heads, config.dropout)
 
     causal = True
@@ -65,6 +60,8 @@ class SASRec(SequentialRecommender):
 class SASRecF(SASRec):
     """SASRec whose item embeddings add projected item features (any number of modalities)."""
 
-    Config = SASRec._Feat
+    class Config(SASRec.Config):
+        use_ids: bool = Field(True, description="add item ID embeddings to the projected features")
+
     use_features = True
     min_modalities = 1

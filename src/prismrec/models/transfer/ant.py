@@ -52,35 +52,8 @@ STRATEGIES = ("scratch", "finetune", "adaptor", "relearn")
 UNKNOWN = "unknown"
 
 
-class ANTConfig(SequentialConfig):
-    embedding_size: int = Field(64, ge=1, description="d (the paper uses 256)")
-    n_layers: int = Field(2, ge=1)
-    n_heads: int = Field(2, ge=1)
-    dropout: float = Field(0.5, ge=0, lt=1, description="transformer dropout (ANT: 0.5)")
-    n_experts: int = Field(8, ge=1, description="experts per modality adaptor")
-    adaptor_dropout: float = Field(0.2, ge=0, lt=1)
-    temperature: float = Field(0.07, gt=0, description="tau of the cosine logits")
-    fusion_beta: float = Field(0.1, description="weight of the image x text product in the fusion")
-    fusion_pair: list[str] = Field(default_factory=lambda: ["image", "text"],
-                                   description="the two modalities of the product term and the alignment loss")
-    modalities: list[str] | None = Field(None, description="modalities to use (default: all the data has; "
-                                                           "when adapting, the pre-trained ones)")
-    price_encoder: Literal["sinusoidal", "bucket", "none"] = Field(
-        "sinusoidal", description="price feature from items.price: sin/cos of log1p(price), or quantile bucket one-hot")
-    price_dim: int = Field(64, ge=2, description="dimension of the sinusoidal price feature")
-    price_buckets: int = Field(16, ge=2, description="quantile buckets of the bucket price feature")
-    it_weight: float = Field(1e-3, ge=0, description="weight of the image->text contrastive term (pre-training)")
-    pretrain_loss: Literal["inbatch", "full"] = Field(
-        "inbatch", description="pre-training softmax: in-batch targets of all domains (ANT) or all items of the domain")
-    feature_encoders: dict[str, str] = Field(
-        default_factory=dict, description="declared encoder per modality for data whose provenance records none")
-    pretrained: str | None = Field(None, description="directory written by prismrec pretrain")
-    strategy: Literal["scratch", "finetune", "adaptor", "relearn"] = Field(
-        "scratch", description="how the pre-trained model is adapted")
-
-
 # ------------------------------------------------------------------------------- feature spaces
-def select_modalities(available: dict[str, Modality], items: Any, cfg: ANTConfig,
+def select_modalities(available: dict[str, Modality], items: Any, cfg: ANT.Config,
                       wanted: list[str] | None) -> dict[str, Modality]:
     """The modalities the model uses, with the price feature built from ``items.price`` when asked."""
     pool = dict(available)
@@ -152,7 +125,7 @@ def read_pretrained(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     return meta, state
 
 
-def build_networks(cfg: ANTConfig, dims: dict[str, int]) -> tuple[ItemEncoder, CausalTransformer]:
+def build_networks(cfg: ANT.Config, dims: dict[str, int]) -> tuple[ItemEncoder, CausalTransformer]:
     """ANT's item encoder and sequence encoder, initialised as the official code (N(0, 0.02) for every
     linear layer, biases 0, layer norms 1/0)."""
     items = ItemEncoder(dims, cfg.embedding_size, cfg.n_experts, cfg.adaptor_dropout, cfg.fusion_beta,
@@ -202,7 +175,32 @@ def image_text_loss(parts: dict[str, torch.Tensor], tables: dict[str, tuple[torc
 class ANT(SequentialRecommender):
     """ANT: ID-free items from text/image/price through MoE adaptors; transfer via prismrec pretrain/adapt."""
 
-    Config = ANTConfig
+    class Config(SequentialConfig):
+        embedding_size: int = Field(64, ge=1, description="d (the paper uses 256)")
+        n_layers: int = Field(2, ge=1)
+        n_heads: int = Field(2, ge=1)
+        dropout: float = Field(0.5, ge=0, lt=1, description="transformer dropout (ANT: 0.5)")
+        n_experts: int = Field(8, ge=1, description="experts per modality adaptor")
+        adaptor_dropout: float = Field(0.2, ge=0, lt=1)
+        temperature: float = Field(0.07, gt=0, description="tau of the cosine logits")
+        fusion_beta: float = Field(0.1, description="weight of the image x text product in the fusion")
+        fusion_pair: list[str] = Field(default_factory=lambda: ["image", "text"],
+                                       description="the two modalities of the product term and the alignment loss")
+        modalities: list[str] | None = Field(None, description="modalities to use (default: all the data has; "
+                                                               "when adapting, the pre-trained ones)")
+        price_encoder: Literal["sinusoidal", "bucket", "none"] = Field(
+            "sinusoidal", description="price feature from items.price: sin/cos of log1p(price), or quantile bucket one-hot")
+        price_dim: int = Field(64, ge=2, description="dimension of the sinusoidal price feature")
+        price_buckets: int = Field(16, ge=2, description="quantile buckets of the bucket price feature")
+        it_weight: float = Field(1e-3, ge=0, description="weight of the image->text contrastive term (pre-training)")
+        pretrain_loss: Literal["inbatch", "full"] = Field(
+            "inbatch", description="pre-training softmax: in-batch targets of all domains (ANT) or all items of the domain")
+        feature_encoders: dict[str, str] = Field(
+            default_factory=dict, description="declared encoder per modality for data whose provenance records none")
+        pretrained: str | None = Field(None, description="directory written by prismrec pretrain")
+        strategy: Literal["scratch", "finetune", "adaptor", "relearn"] = Field(
+            "scratch", description="how the pre-trained model is adapted")
+
     min_modalities = 0
     causal = True
     defaults = {
@@ -211,7 +209,7 @@ class ANT(SequentialRecommender):
                   "batch_size": 256, "lr_scheduler": [0.99, 1]},
     }
 
-    def __init__(self, config: ANTConfig, data: TrainingData):
+    def __init__(self, config: ANT.Config, data: TrainingData):
         super().__init__(config, data)
         meta, state = (read_pretrained(config.pretrained) if config.pretrained else (None, None))
         wanted = config.modalities
@@ -297,7 +295,6 @@ class ANT(SequentialRecommender):
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """ANT's adaptation objective: full-softmax InfoNCE (cosine / tau) over all the domain's items."""
-        self._item_cache = None
         fused, parts = self.item_encoder(self.tables())
         tokens = nn.functional.pad(fused, (0, 0, 1, 0))
         seqs, targets = batch["seqs"], batch["targets"]
@@ -311,6 +308,10 @@ class ANT(SequentialRecommender):
 
     def diagnostic_groups(self) -> dict[str, list[nn.Parameter]]:
         return {}
+
+
+#: the settings of ANT (``ANT.Config``), also read by ``prismrec pretrain``
+ANTConfig = ANT.Config
 
 
 def trainable_summary(model: nn.Module) -> dict[str, bool]:

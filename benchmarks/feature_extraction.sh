@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6: features from raw inputs with `prismrec features`, and models trained on them.
+# Feature extraction: features from raw inputs with `prismrec features`, and models trained on them.
 #  1. text of scientific_mm (items.tsv: "title. categories. brand.") with the default encoder (MiniLM);
 #  2. image throughput on real photos (the sample photos scikit-image ships; pip install scikit-image);
 #  3. LIRDRec and FREEDOM trained with the shipped text features and with the extracted ones (text only,
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 P=${PRISMREC:-.venv/bin/prismrec}
 PY=${PYTHON:-.venv/bin/python}
 DATA=${DATA:-../shared/data/scientific_mm}
-OUT=${OUT:-bench_out/issue6}
+OUT=${OUT:-bench_out/features}
 SEEDS=${SEEDS:-0}
 mkdir -p $OUT
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1

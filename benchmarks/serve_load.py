@@ -1,8 +1,8 @@
-"""Load test of ``prismrec serve`` (issue 6): a 100,000-item synthetic bundle, the real server (uvicorn,
+"""Load test of ``prismrec serve``: a 100,000-item synthetic bundle, the real server (uvicorn,
 one process) on loopback, 50 concurrent clients posting ``/v1/recommend``; latency p50/p99, throughput,
 errors; missing and wrong API keys; top-k recall of the ANN index against exact search.
 
-    .venv/bin/python benchmarks/issue6_serve_load.py --out bench_out/issue6/load [--items 100000]
+    .venv/bin/python benchmarks/serve_load.py --out bench_out/serving/load [--items 100000]
         [--requests 5000] [--concurrency 50]
 
 The load generator runs on the same machine as the server (this machine has 2 cores), so the figures
@@ -73,7 +73,7 @@ def _own_cpu() -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, default=ROOT / "bench_out/issue6/load")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench_out/serving/load")
     ap.add_argument("--items", type=int, default=100_000)
     ap.add_argument("--users", type=int, default=10_000)
     ap.add_argument("--dim", type=int, default=64)

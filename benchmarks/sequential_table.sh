@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Sequential table (issue 4): GRU4Rec, SASRec, SASRec-F, MDSRec, Demure with default settings (no
+# Sequential table: GRU4Rec, SASRec, SASRec-F, MDSRec, Demure with default settings (no
 # test-set tuning), seeds 0,1,2; `prismrec compare` adds a paired test of every entry against the
 # first (SASRec-F). Leave-one-out, full ranking, history masked. Resumable: finished runs are reused.
-# Usage: PRISMREC_DATA=../shared/data bash benchmarks/issue4_seq.sh [dataset ...]
+# Usage: PRISMREC_DATA=../shared/data bash benchmarks/sequential_table.sh [dataset ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=${PRISMREC:-.venv/bin/prismrec}

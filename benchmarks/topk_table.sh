@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Multimodal top-K table (issue 3): every model tuned on VALIDATION with a small grid (seed 0),
+# Multimodal top-K table: every model tuned on VALIDATION with a small grid (seed 0),
 # then the chosen setting over seeds 0,1,2. Resumable: finished runs are reused.
-# Usage: PRISMREC_DATA=../shared/data bash benchmarks/issue3_topk.sh [dataset ...]
+# Usage: PRISMREC_DATA=../shared/data bash benchmarks/topk_table.sh [dataset ...]
 # MODELS="bpr lightgcn ..." runs a subset (e.g. two lanes on two cores: never the same model twice at once).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Issue 6: schema-based fuzzing of the REST service (schemathesis on /openapi.json, every endpoint, with the
+# Serving robustness: schema-based fuzzing of the REST service (schemathesis on /openapi.json, every endpoint, with the
 # API key) against a LIRDRec bundle of the demo data served on loopback. Passes when no request gets a 5xx.
-#   pip install schemathesis ; benchmarks/issue6_fuzz.sh
+#   pip install schemathesis ; benchmarks/serve_fuzz.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=${PRISMREC:-.venv/bin/prismrec}
 ST=${SCHEMATHESIS:-.venv/bin/schemathesis}
-OUT=${OUT:-bench_out/issue6/fuzz}
+OUT=${OUT:-bench_out/serving/fuzz}
 PORT=${PORT:-8766}
 N=${N:-100}
 mkdir -p $OUT

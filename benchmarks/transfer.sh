@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5: ANT transfer (pre-train -> adapt) with the negative-transfer report.
+# Transfer: ANT (pre-train -> adapt) with the negative-transfer report.
 #
 # Settings (no item shared between source and target):
 #   A. movies (MovieLens-1M, MiniLM text of title + genres)  ->  Amazon Scientific (scientific_mm)
@@ -14,13 +14,13 @@
 # The text features of all three folders are sentence-transformers all-MiniLM-L6-v2 (384-d, per
 # ../shared/data/README); the folders carry no features.json, so the encoder is declared with --encoder.
 #
-# Usage: DATA=/work/shared/data OUT=bench_out/transfer SEEDS="0 1 2" EPOCHS=20 PRE_EPOCHS=5 bash benchmarks/issue5_transfer.sh
+# Usage: DATA=/work/shared/data OUT=bench_out/transfer SEEDS="0 1 2" EPOCHS=20 PRE_EPOCHS=5 bash benchmarks/transfer.sh
 # Then:  python benchmarks/collect_transfer.py $OUT   (tables + seconds per epoch)
-# Measured (issue 5): PART=A PRE_EPOCHS=3 EPOCHS=20 and PART=B PRE_EPOCHS=10 EPOCHS=15 (two shells), SEEDS="0 1 2";
+# Measured (docs/benchmarks.md, Transfer): PART=A PRE_EPOCHS=3 EPOCHS=20 and PART=B PRE_EPOCHS=10 EPOCHS=15 (two shells), SEEDS="0 1 2";
 #   PART=C PRE_EPOCHS=10 EPOCHS=60 PATIENCE=10 SEEDS="0 1 2" (multi-domain).
 # Longer-budget check of setting A (seed 0, 60 epochs, patience 10; one shell per strategy):
 #   mkdir -p bench_out/transfer_long && cp -r bench_out/transfer/pre_movies bench_out/transfer_long/
-#   PART=A SEEDS=0 EPOCHS=60 PATIENCE=10 STRATS=scratch STRATS_MM="" OUT=bench_out/transfer_long bash benchmarks/issue5_transfer.sh
+#   PART=A SEEDS=0 EPOCHS=60 PATIENCE=10 STRATS=scratch STRATS_MM="" OUT=bench_out/transfer_long bash benchmarks/transfer.sh
 #   (likewise STRATS=relearn and STRATS=finetune)
 set -euo pipefail
 DATA=${DATA:-/work/shared/data}

@@ -1,4 +1,4 @@
-"""Cold start through the API (issue 6): hold 100 items out of training, add them with PUT from their raw
+"""Cold start through the REST API: hold 100 items out of training, add them with PUT from their raw
 text, and measure how often they appear in the recommendations of the users who interacted with them.
 
 1. scientific_mm minus 100 random items (seed 0, among items with >= 2 interactions): every interaction
@@ -13,7 +13,7 @@ text, and measure how often they appear in the recommendations of the users who 
    (K = 20, 50; all 1,585 items ranked, the user's known items filtered)? And its rank among the 100 new
    items only. Random ranking gives K / (catalogue - seen) and K / 100.
 
-    .venv/bin/python benchmarks/issue6_cold_start.py --out bench_out/issue6/cold [--epochs 200]
+    .venv/bin/python benchmarks/serve_cold_start.py --out bench_out/serving/cold [--epochs 200]
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def make_folder(out: Path, n_hold: int, seed: int) -> tuple[Path, pd.DataFrame, 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, default=ROOT / "bench_out/issue6/cold")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench_out/serving/cold")
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="lirdrec")

@@ -1,4 +1,4 @@
--- wrk script for benchmarks/issue6_serve_load.sh: POST /v1/recommend for random users u0..u9999 of the
+-- wrk script for benchmarks/serve_load_wrk.sh: POST /v1/recommend for random users u0..u9999 of the
 -- synthetic bundle, with the API key; non-2xx answers are counted by wrk ("Non-2xx or 3xx responses").
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
