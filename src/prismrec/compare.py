@@ -23,7 +23,7 @@ from .config import Overrides, OverridesLike, merge_overrides, parse_grid, parse
 from .errors import ConfigError
 from .report.paired import paired_over_seeds
 from .report.tables import Table, num, protocol_caption, pvalue, seed_summary_table
-from .runs import METRICS_FILE, PER_USER_FILE, load_per_user, train_run
+from .runs import METRICS_FILE, PER_USER_FILE, load_per_user, reuse_finished, train_run
 from .utils.io import read_json, write_text
 
 ENTRY_RE = re.compile(r"^\s*(?P<model>[A-Za-z0-9_\-]+)\s*(?:\[(?P<settings>.*)\])?\s*$")
@@ -101,13 +101,14 @@ def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *
     for entry in parsed:
         for seed in seeds:
             run_dir = out / entry.dirname / f"seed-{seed}"
-            if (run_dir / METRICS_FILE).is_file():
-                m = read_json(run_dir / METRICS_FILE)
-            else:
+            settings = merge_overrides(overrides, entry.overrides)
+            # a finished run is reused only when it was made from the same settings and data
+            m = reuse_finished(run_dir, entry.model, data, config_files=config_files, overrides=settings,
+                               seed=seed, epochs=epochs)
+            if m is None:
                 resume = run_dir.is_dir() and any(run_dir.iterdir())
-                m = train_run(entry.model, data, run_dir, config_files=config_files,
-                              overrides=merge_overrides(overrides, entry.overrides), seed=seed, epochs=epochs,
-                              resume=resume, progress=progress).metrics
+                m = train_run(entry.model, data, run_dir, config_files=config_files, overrides=settings,
+                              seed=seed, epochs=epochs, resume=resume, progress=progress).metrics
             if on_run:
                 on_run(entry.label, seed, m)
             row = {"entry": entry.label, "model": m["model"], "seed": seed, "best_epoch": m["best_epoch"],

@@ -39,7 +39,7 @@ from .evaluate.segments import activity_buckets, item_groups
 from .evaluate.significance import PairedTest, paired_test
 from .models import MODELS, Recommender
 from .train.trainer import BEST, Trainer, TrainResult
-from .utils.io import check_out_dir, load_torch, make_dir, read_json, write_json, write_npz, write_text, write_yaml
+from .utils.io import check_out_dir, clean_temp_files, load_torch, make_dir, read_json, write_json, write_npz, write_text, write_yaml
 from .utils.runtime import peak_rss_mb, resolve_device, seed_everything, set_threads
 
 log = logging.getLogger("prismrec")
@@ -48,6 +48,9 @@ METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 SPLIT_FILE = "split.npz"
 PER_USER_FILE = "per_user_test.npz"
+INPUTS_FILE = "inputs.json"
+#: settings that change how a run executes, not what it computes: they may differ on resume / reuse
+RUNTIME_KEYS = (("train", "device"), ("train", "threads"))
 
 
 @dataclass
@@ -175,7 +178,12 @@ def train_run(model: str, data: str | Path | Dataset, out: str | Path | None = N
     out_path = Path(out) if out is not None else None
     if out_path is not None:
         _check_run_dir(out_path, resume)
+    if out_path is not None:
+        clean_temp_files(out_path)  # what a killed writer left
     if resume and out_path is not None and (out_path / CONFIG_FILE).is_file():
+        requested = build_config(model, data, config_files=config_files, overrides=overrides, seed=seed,
+                                 epochs=epochs)
+        check_inputs(out_path, requested, data)  # the same model, settings and data, or an error
         cfg = RunConfig.from_run_dict(_load_config_dict(out_path), where="config.yaml")
         if (out_path / METRICS_FILE).is_file():
             log.info("%s is finished; reloading it", out_path)
@@ -203,6 +211,8 @@ def train_run(model: str, data: str | Path | Dataset, out: str | Path | None = N
             split.save(split_path)
     if out_path is not None:
         write_yaml(out_path / CONFIG_FILE, cfg.to_run_dict())
+        if not (out_path / INPUTS_FILE).is_file():
+            write_json(out_path / INPUTS_FILE, {"settings": settings_of(cfg), "data": data_fingerprint(cfg, data)})
 
     seed_everything(cfg.seed)
     model_obj, tdata = build_model(cfg, ds, split)
@@ -259,6 +269,77 @@ def _final_metrics(cfg: RunConfig, ds: Dataset, split: Split, model: Recommender
 
 def _load_config_dict(run_dir: Path) -> dict[str, Any]:
     return read_yaml(run_dir / CONFIG_FILE)
+
+
+# ------------------------------------------------------------------------------------- run inputs
+def settings_of(cfg: RunConfig) -> dict[str, Any]:
+    """The resolved settings that determine a run's results (runtime-only keys left out)."""
+    d = cfg.to_run_dict()
+    for section, key in RUNTIME_KEYS:
+        d.get(section, {}).pop(key, None)
+    return d
+
+
+def data_fingerprint(cfg: RunConfig, data: Any, known: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The data a run reads: its source files (size, mtime, content hash), or the interactions of a
+    :class:`Dataset` given in memory."""
+    from .data.catalog import resolve_source
+    from .data.fingerprint import fingerprint_source
+    from .data.split import dataset_fingerprint
+
+    if isinstance(data, Dataset):
+        return {"in_memory": dataset_fingerprint(data)}
+    return fingerprint_source(resolve_source(cfg.data_source), known)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "columns":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def input_differences(run_dir: Path, cfg: RunConfig, data: Any) -> list[str]:
+    """What differs between the run in ``run_dir`` and a run of ``cfg`` on ``data`` (empty: the same).
+
+    Runs written before runs recorded their inputs are checked on their settings (``config.yaml``); their
+    data fingerprint is recorded now."""
+    saved_path = run_dir / INPUTS_FILE
+    saved = read_json(saved_path) if saved_path.is_file() else {
+        "settings": settings_of(RunConfig.from_run_dict(_load_config_dict(run_dir), where=str(run_dir / CONFIG_FILE)))}
+    a, b = _flatten(saved["settings"]), _flatten(settings_of(cfg))
+    diffs = [f"{k}: the run has {a.get(k, '(unset)')!r}, this call asks for {b.get(k, '(unset)')!r}"
+             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    now = data_fingerprint(cfg, data, saved.get("data"))
+    if "data" in saved:
+        from .data.fingerprint import diff_fingerprints
+
+        diffs += diff_fingerprints(saved["data"], now)
+    if not diffs and saved.get("data") != now:  # first check of an old run, or touched-but-equal files
+        write_json(saved_path, {"settings": saved["settings"], "data": now})
+    return diffs
+
+
+def check_inputs(run_dir: Path, cfg: RunConfig, data: Any) -> None:
+    """Refuse to reuse or resume ``run_dir`` for different inputs, saying what differs."""
+    diffs = input_differences(run_dir, cfg, data)
+    if diffs:
+        shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+        raise PrismrecError(
+            f"{run_dir} holds a run of different inputs, so it is neither reused nor resumed: {shown}. "
+            "Fix: choose a new --out folder (nothing is overwritten), or repeat the run's own settings.")
+
+
+def reuse_finished(run_dir: Path, model: str, data: Any, **build: Any) -> dict[str, Any] | None:
+    """The metrics of the finished run in ``run_dir`` if it was made from the same inputs; None when there
+    is no finished run; an error when the inputs differ."""
+    if not (run_dir / METRICS_FILE).is_file():
+        return None
+    check_inputs(run_dir, build_config(model, data, **build), data)
+    return read_json(run_dir / METRICS_FILE)
 
 
 def _require_run(run_dir: Path) -> None:

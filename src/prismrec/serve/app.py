@@ -93,6 +93,7 @@ class Service:
         self.seq_model = self.model if bundle.family == "sequential" else None
         self.placer = ItemPlacer(bundle, self.item_emb, knn_k=settings.knn_k, encoders=encoders,
                                  mode=settings.cold_start, model=self.model)
+        self.placer.warm()
         self.state_dir = Path(settings.state_dir) if settings.state_dir else bundle.path / "state"
         self.added: dict[str, dict[str, Any]] = {}
         self.last_seq = 0

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import binascii
 import threading
 from typing import Any
@@ -26,6 +27,9 @@ import torch
 from ..errors import PrismrecError
 from ..features.encoders import Encoder, PriceEncoder, build_encoder, resolve_encoder_spec
 from .bundle import Bundle
+
+
+log = logging.getLogger("prismrec")
 
 
 class NotPlaceable(Exception):
@@ -131,6 +135,15 @@ class ItemPlacer:
     def describe(self) -> dict[str, Any]:
         return {"method": self.method, "modalities": {n: {"kind": k, "encoder": s} for n, (k, s, _) in self.specs.items()},
                 "unusable_modalities": sorted(set(self.bundle.meta.get("modalities") or {}) - set(self.specs))}
+
+    def warm(self) -> None:
+        """Build every usable encoder now (at start), so that the first PUT is not slowed by model loading;
+        an encoder that cannot be built is reported here and again, as an error, by the PUT that needs it."""
+        for name in self.specs:
+            try:
+                self._encoder(name)
+            except Exception as exc:  # noqa: BLE001 - reported, and raised again at request time
+                log.warning("the encoder of modality %r could not be loaded at start (%s)", name, exc)
 
     def _encoder(self, name: str) -> Encoder:
         with self.lock:

@@ -169,7 +169,7 @@ def run_soak(server: ServerProcess, *, users: list[str], seconds: float = 20.0, 
                         res.errors_while_up.append(str(exc))
                     else:
                         res.errors_while_down += 1
-                time.sleep(0.05)
+                time.sleep(0.25)  # a client backs off while the server is away
 
     threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(clients)]
     for t in threads:

@@ -22,6 +22,15 @@ import yaml
 from ..errors import DataError, OutputError, PrismrecError
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def _atomic(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
     path = Path(path)
     make_dir(path.parent)
@@ -33,6 +42,7 @@ def _atomic(path: str | Path, write: Callable[[Any], None], mode: str = "wb") ->
         with os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()
+            os.fchmod(fh.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600; keep the usual permissions
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as exc:

@@ -1,0 +1,89 @@
+"""Runs know their inputs: a finished run is reused, and a killed one resumed, only for the same model,
+settings and data; otherwise the error says what differs. Leftover temporary files are cleaned."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from prismrec.compare import compare
+from prismrec.errors import PrismrecError
+from prismrec.runs import INPUTS_FILE, METRICS_FILE, train_run
+
+from conftest import write_mmrec
+
+FAST = {"train.threads": 1, "train.batch_size": 64, "model.embedding_size": 8}
+
+
+@pytest.fixture
+def folders(tmp_path):
+    a, _ = write_mmrec(tmp_path / "a", n_users=30, n_items=20)
+    b, _ = write_mmrec(tmp_path / "b", n_users=30, n_items=20, seed=5)
+    return a, b
+
+
+def test_compare_reuses_only_runs_of_the_same_inputs(folders, tmp_path):
+    a, b = folders
+    out = tmp_path / "cmp"
+    first = compare(["bpr"], str(a), out, seeds=[0], overrides=FAST, epochs=1)
+    metrics = out / "bpr" / "seed-0" / METRICS_FILE
+    stamp = json.loads(metrics.read_text())["finished"]
+    again = compare(["bpr"], str(a), out, seeds=[0], overrides=FAST, epochs=1)  # reused: nothing retrained
+    assert json.loads(metrics.read_text())["finished"] == stamp
+    assert again.summary.equals(first.summary)
+    with pytest.raises(PrismrecError, match="data file .* changed|data file .* is new|data file .* is gone"):
+        compare(["bpr"], str(b), out, seeds=[0], overrides=FAST, epochs=1)  # another dataset's folder
+    with pytest.raises(PrismrecError, match=r"train.learning_rate: the run has 0.001, this call asks for 0.01"):
+        compare(["bpr"], str(a), out, seeds=[0], overrides={**FAST, "train.learning_rate": 0.01}, epochs=1)
+    assert json.loads(metrics.read_text())["finished"] == stamp  # nothing was overwritten
+
+
+def test_edited_data_is_noticed_touched_data_is_not(folders, tmp_path):
+    a, _ = folders
+    out = tmp_path / "cmp"
+    compare(["bpr"], str(a), out, seeds=[0], overrides=FAST, epochs=1)
+    inter = next(a.glob("*.inter"))
+    os.utime(inter, ns=(1, 1))  # touched, same content: still the same inputs
+    compare(["bpr"], str(a), out, seeds=[0], overrides=FAST, epochs=1)
+    inter.write_text(inter.read_text().replace("\n1\t", "\n2\t", 1))
+    with pytest.raises(PrismrecError, match=f"data file {inter.name} changed"):
+        compare(["bpr"], str(a), out, seeds=[0], overrides=FAST, epochs=1)
+
+
+def test_resume_refuses_another_model_or_data(folders, tmp_path):
+    a, b = folders
+    run = tmp_path / "run"
+    train_run("bpr", str(a), run, overrides=FAST, epochs=1)
+    with pytest.raises(PrismrecError, match="model: the run has 'bpr', this call asks for 'lightgcn'"):
+        train_run("lightgcn", str(a), run, overrides=FAST, epochs=1, resume=True)
+    with pytest.raises(PrismrecError, match="data_source"):
+        train_run("bpr", str(b), run, overrides=FAST, epochs=1, resume=True)
+    # the same call resumes (here: reloads the finished run); device and threads may differ
+    same = train_run("bpr", str(a), run, overrides={**FAST, "train.threads": 2}, epochs=1, resume=True)
+    assert same.metrics["model"] == "bpr"
+
+
+def test_runs_without_recorded_inputs_are_checked_on_settings_and_recorded(folders, tmp_path):
+    a, _ = folders
+    out = tmp_path / "cmp"
+    compare(["bpr"], str(a), out, seeds=[0], overrides=FAST, epochs=1)
+    rec = out / "bpr" / "seed-0" / INPUTS_FILE
+    rec.unlink()  # as a run of an earlier version
+    compare(["bpr"], str(a), out, seeds=[0], overrides=FAST, epochs=1)
+    assert rec.is_file() and json.loads(rec.read_text())["data"]["files"]
+    rec.unlink()
+    with pytest.raises(PrismrecError, match="model.embedding_size|bpr.embedding_size|params"):
+        compare(["bpr"], str(a), out, seeds=[0], overrides={**FAST, "model.embedding_size": 16}, epochs=1)
+
+
+def test_leftover_temp_files_are_removed_when_a_run_starts_again(folders, tmp_path):
+    a, _ = folders
+    run = tmp_path / "run"
+    train_run("bpr", str(a), run, overrides=FAST, epochs=1)
+    junk = run / ".checkpoint.pt.abc123.tmp"
+    junk.write_bytes(np.zeros(10).tobytes())
+    train_run("bpr", str(a), run, overrides=FAST, epochs=1, resume=True)
+    assert not junk.exists()
