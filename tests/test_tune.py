@@ -37,6 +37,10 @@ def fake_train_run(calls: list):
 def test_tune_selects_on_the_validation_mean_and_reuses_trials(tmp_path, monkeypatch):
     calls: list = []
     monkeypatch.setattr(compare_module, "train_run", fake_train_run(calls))
+    # the stand-in runs record no inputs: a finished one is reused as it is
+    monkeypatch.setattr(compare_module, "reuse_finished",
+                        lambda run_dir, *a, **k: read_json(run_dir / METRICS_FILE)
+                        if (run_dir / METRICS_FILE).is_file() else None)
     out = tmp_path / "tune"
     res = tune("bpr", "somewhere", out, {"embedding_size": [4, 8, 16]}, seeds=[0, 1], final_seeds=[0, 1, 2],
                overrides=["train.learning_rate=0.01"], select="recall@20")
