@@ -28,8 +28,20 @@ from ..errors import DataError
 INTERACTION_COLUMNS = ("user", "item", "timestamp", "rating", "label", "order")
 
 
+class FeatureShape:
+    """``dim`` and ``n_missing`` of anything with ``values`` (items x dim) and an ``available`` mask."""
+
+    @property
+    def dim(self) -> int:
+        return int(self.values.shape[1])
+
+    @property
+    def n_missing(self) -> int:
+        return int((~self.available).sum())
+
+
 @dataclass
-class Modality:
+class Modality(FeatureShape):
     """One item-feature matrix: row ``i`` describes internal item ``i``.
 
     ``available[i]`` is False where the item has no real feature (missing image, failed encoding);
@@ -61,13 +73,6 @@ class Modality:
         self.values[~self.available] = 0.0
         self.provenance = {**self.provenance, "dim": int(self.values.shape[1])}
 
-    @property
-    def dim(self) -> int:
-        return int(self.values.shape[1])
-
-    @property
-    def n_missing(self) -> int:
-        return int((~self.available).sum())
 
     def take(self, rows: np.ndarray) -> "Modality":
         """The modality for a subset or reordering of items (``rows`` are old internal ids)."""

@@ -14,10 +14,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.dataset import Modality
+from ..data.dataset import FeatureShape, Modality
 
 
-class FeatureTable(nn.Module):
+def id_table(rows: int, dim: int, init: str = "xavier_uniform") -> nn.Parameter:
+    """A learned ID embedding table ``(rows, dim)`` initialised as MMRec does (Xavier uniform; BPR: normal)."""
+    return nn.Parameter(getattr(nn.init, f"{init}_")(torch.empty(rows, dim)))
+
+
+class FeatureTable(FeatureShape, nn.Module):
     """Frozen features of one modality as buffers: ``values`` (items x dim) and ``available`` (items,).
 
     Buffers are not saved in checkpoints (they are rebuilt from the data) and move with ``.to()``.
@@ -39,13 +44,6 @@ class FeatureTable(nn.Module):
         if trainable:
             self.values = nn.Parameter(self._buffers.pop("values"))
 
-    @property
-    def dim(self) -> int:
-        return int(self.values.shape[1])
-
-    @property
-    def n_missing(self) -> int:
-        return int((~self.available).sum())
 
 
 class MaskedProjection(nn.Module):

@@ -30,6 +30,7 @@ import scipy.sparse as sp
 import torch
 
 from .. import __version__
+from ..data.fingerprint import file_sha256
 from ..errors import DataError, PrismrecError
 from ..utils.io import check_out_dir, load_torch, make_dir, read_json, save_torch, write_json
 
@@ -163,16 +164,6 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, overwrite: bool = Fal
     meta["identity"] = file_sha256(out / TENSORS)
     write_json(out / META, meta)
     return out
-
-
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _image_root(path: Any) -> str | None:

@@ -35,7 +35,7 @@ from ...errors import ConfigError
 from ...graphs import SparseOperator, normalized_bipartite, propagate
 from ...graphs.knn import knn_graph
 from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, bpr_loss, l2_norm_reg, l2_sq_reg
-from ..layers import MaskedProjection, info_nce
+from ..layers import MaskedProjection, id_table, info_nce
 from .alignrec_stage1 import AlignConfig, concat_modalities, train_alignment
 
 log = logging.getLogger("prismrec")
@@ -81,8 +81,8 @@ class AlignRec(DotProductRecommender):
         # the frozen unified feature is part of the state, so a checkpoint restores it exactly
         self.register_buffer("mm_feature", torch.from_numpy(values))
         self.register_buffer("mm_available", torch.from_numpy(available))
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_embedding = id_table(self.n_users, d)
+        self.item_embedding = id_table(self.n_items, d)
         self.mm_embedding = nn.Parameter(torch.from_numpy(values.copy()), requires_grad=config.train_features)
         self.mm_trs = MaskedProjection(values.shape[1], d)
         self.gate_v = nn.Sequential(nn.Linear(d, d), nn.Sigmoid())

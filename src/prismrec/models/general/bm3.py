@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from ...data.training import TrainingData
 from ...graphs import SparseOperator, normalized_bipartite, propagate
 from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, l2_norm_reg
-from ..layers import ModalityProjections
+from ..layers import ModalityProjections, id_table
 
 
 def cosine_loss(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -53,8 +53,8 @@ class BM3(DotProductRecommender):
     def __init__(self, config: Config, data: TrainingData):
         super().__init__(config, data)
         d = config.embedding_size
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_embedding = id_table(self.n_users, d)
+        self.item_embedding = id_table(self.n_items, d)
         self.predictor = nn.Linear(d, d)
         self.features = ModalityProjections(data.modalities, d, finetune=config.train_features)
         for layer in [self.predictor, *self.features.linears()]:

@@ -15,6 +15,7 @@ from torch import nn
 
 from ...data.training import TrainingData
 from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, bpr_loss, l2_norm_reg, l2_sq_reg
+from ..layers import id_table
 
 
 @MODELS.register("bpr", aliases=("bprmf", "mf"))
@@ -32,8 +33,8 @@ class BPR(DotProductRecommender):
     def __init__(self, config: Config, data: TrainingData):
         super().__init__(config, data)
         d = config.embedding_size
-        self.user_embedding = nn.Parameter(nn.init.xavier_normal_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_normal_(torch.empty(self.n_items, d)))
+        self.user_embedding = id_table(self.n_users, d, "xavier_normal")
+        self.item_embedding = id_table(self.n_items, d, "xavier_normal")
         self.item_bias = nn.Parameter(torch.zeros(self.n_items)) if config.item_bias else None
         self._reg = l2_norm_reg if config.reg_type == "mmrec" else l2_sq_reg
 

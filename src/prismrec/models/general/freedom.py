@@ -29,7 +29,7 @@ from ...data.training import TrainingData
 from ...graphs import SparseOperator, normalized_bipartite, propagate
 from ...graphs.knn import modality_weights, multimodal_knn_graph
 from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, bpr_loss
-from ..layers import ModalityProjections
+from ..layers import ModalityProjections, id_table
 
 
 def sample_edges(weights: torch.Tensor, n_keep: int) -> torch.Tensor:
@@ -64,8 +64,8 @@ class FREEDOM(DotProductRecommender):
     def __init__(self, config: Config, data: TrainingData):
         super().__init__(config, data)
         d = config.embedding_size
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_embedding = id_table(self.n_users, d)
+        self.item_embedding = id_table(self.n_items, d)
         self.features = ModalityProjections(data.modalities, d, finetune=config.train_features)
         self.modality_weights = modality_weights(self.features.names, config.mm_image_weight,
                                                  config.mm_weighting)

@@ -17,6 +17,7 @@ from torch import nn
 from ...data.training import TrainingData
 from ...graphs import SparseOperator, normalized_bipartite, propagate
 from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, bpr_loss, l2_norm_reg, l2_sq_reg
+from ..layers import id_table
 
 
 @MODELS.register("lightgcn", aliases=("lgcn",))
@@ -34,8 +35,8 @@ class LightGCN(DotProductRecommender):
     def __init__(self, config: Config, data: TrainingData):
         super().__init__(config, data)
         d = config.embedding_size
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_embedding = id_table(self.n_users, d)
+        self.item_embedding = id_table(self.n_items, d)
         self.adj = SparseOperator(normalized_bipartite(data.train), symmetric=True)
         self._reg = l2_norm_reg if config.reg_type == "mmrec" else l2_sq_reg
 

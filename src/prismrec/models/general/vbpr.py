@@ -27,7 +27,7 @@ from torch import nn
 
 from ...data.training import TrainingData
 from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, bpr_loss, l2_norm_reg
-from ..layers import ModalityProjections
+from ..layers import ModalityProjections, id_table
 
 
 @MODELS.register("vbpr")
@@ -43,8 +43,8 @@ class VBPR(DotProductRecommender):
     def __init__(self, config: Config, data: TrainingData):
         super().__init__(config, data)
         d = config.embedding_size
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, 2 * d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_embedding = id_table(self.n_users, 2 * d)
+        self.item_embedding = id_table(self.n_items, d)
         self.features = ModalityProjections(data.modalities, d, bias=False)
         self.feature_bias = nn.Parameter(torch.zeros(d))
         # MMRec: one Linear over the concatenation, Xavier-normal (fan_in = all feature dims), bias 0

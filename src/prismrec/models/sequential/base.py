@@ -72,7 +72,19 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
         yield batches[b]
 
 
-class SequenceSampler:
+class _SampleSource:
+    """Size and batch count of a sampler with one sample per entry of ``users``."""
+
+    users: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def n_batches(self, batch_size: int) -> int:
+        return -(-len(self.users) // batch_size)
+
+
+class SequenceSampler(_SampleSource):
     """All prefixes of every training sequence, shuffled per epoch, as ``users``, ``seqs``, ``targets``."""
 
     def __init__(self, indptr: np.ndarray, items: np.ndarray, max_len: int):
@@ -88,12 +100,6 @@ class SequenceSampler:
         self.items = items
         self.max_len = max_len
 
-    def __len__(self) -> int:
-        return len(self.users)
-
-    def n_batches(self, batch_size: int) -> int:
-        return -(-len(self.users) // batch_size)
-
     def epoch(self, rng: np.random.Generator, batch_size: int, device: torch.device) -> Iterator[Batch]:
         for idx in length_batches(np.minimum(self.ends - self.starts, self.max_len), batch_size, rng):
             seqs = pad_windows(self.items, self.starts[idx], self.ends[idx], self.max_len)
@@ -102,7 +108,7 @@ class SequenceSampler:
                    "targets": torch.as_tensor(self.items[self.ends[idx]], device=device)}
 
 
-class WindowSampler:
+class WindowSampler(_SampleSource):
     """Each training sequence cut into windows of ``max_len + 1`` items from its end; a batch holds
     ``seqs`` (inputs, left-padded) and ``targets`` (the next item at every position, -1 on padding).
 
@@ -121,12 +127,6 @@ class WindowSampler:
         self.starts = indptr[:-1][users]
         self.items = items
         self.max_len = max_len
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-    def n_batches(self, batch_size: int) -> int:
-        return -(-len(self.users) // batch_size)
 
     def epoch(self, rng: np.random.Generator, batch_size: int, device: torch.device) -> Iterator[Batch]:
         for idx in length_batches(np.minimum(self.ends - self.starts, self.max_len + 1), batch_size, rng):
