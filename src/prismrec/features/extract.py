@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import platform
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -304,6 +305,18 @@ def write_features(out: Path, ids: np.ndarray, values: np.ndarray, ok: np.ndarra
 MODALITIES = ("text", "image", "caption", "price")
 
 
+def output_path(out: str | Path, modality: str, *, row_aligned: bool) -> Path:
+    """The feature file that ``--out`` names: a file (``.npz`` or ``<modality>_feat.npy``) as given, or, for
+    a folder (an existing one, a path ending with ``/``, or a path without a suffix), the file in it:
+    ``<modality>_feat.npy`` (row-aligned: the items of a dataset, in order, no ``--limit``) or
+    ``<modality>.npz`` (id-keyed: an item table, or ``--limit``)."""
+    text = str(out)
+    path = Path(text).expanduser()
+    if text.endswith(("/", os.sep)) or path.is_dir() or (not path.exists() and not path.suffix):
+        return path / (f"{modality}_feat.npy" if row_aligned else f"{modality}.npz")
+    return path
+
+
 def extract_features(modality: str, out: str | Path, *, data: str | Path | None = None,
                      items: str | Path | None = None, encoder: str | None = None, column: str | None = None,
                      image_root: str | Path | None = None, captioner: str | None = None,
@@ -327,8 +340,8 @@ def extract_features(modality: str, out: str | Path, *, data: str | Path | None 
         import torch
 
         torch.set_num_threads(threads)
-    out = Path(out)
-    check_out_dir(out.expanduser().parent, "--out folder")  # before any work: a file where a folder should be
+    out = output_path(out, modality, row_aligned=data is not None and not limit)
+    check_out_dir(out.parent, "--out folder")  # before any work: a file where a folder should be
     if cache and use_cache:
         check_out_dir(cache, "--cache folder")
     order = None
