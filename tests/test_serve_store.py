@@ -149,8 +149,11 @@ def test_leftover_temp_files_are_cleaned_at_start(bundles, tmp_path):
     (state / "images").mkdir(parents=True)
     leftover = state / "images" / ".abc.png.x1y2.tmp"
     leftover.write_bytes(b"half")
+    os.utime(leftover, (time.time() - 3600, time.time() - 3600))  # stale: left by a writer killed an hour ago
+    fresh = state / "images" / ".def.png.x1y2.tmp"
+    fresh.write_bytes(b"being written by another process")
     client_for(bundles["bpr"], state)
-    assert not leftover.exists()
+    assert not leftover.exists() and fresh.exists()
 
 
 # ------------------------------------------------------------------------------------------ files

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .utils.io import clean_temp_files
 from .config import OverridesLike, merge_overrides
 from .data import load_dataset
 from .data.split import make_split
@@ -48,6 +49,7 @@ def pretrain(sources: Sequence[str], out: str | Path, *, config_files: Sequence[
     if not sources:
         raise PrismrecError("prismrec pretrain needs at least one --data source.")
     out = Path(out)
+    clean_temp_files(out)  # what a killed pre-training left
     request = _request(sources, config_files, overrides, seed)
     if resume:
         if not (out / PRETRAIN_REQUEST).is_file():

@@ -335,7 +335,8 @@ def evaluate_features(
 @app.command()
 def features(
     modality: str = typer.Option(..., "--modality", help="text, image, caption or price"),
-    out: Path = typer.Option(..., "--out", "-o", help="FILE.npz (id-keyed) or DATA_DIR/<name>_feat.npy (row-aligned)"),
+    out: str = typer.Option(..., "--out", "-o", help="FILE.npz (id-keyed), DATA_DIR/<name>_feat.npy (row-aligned), "
+                            "or a folder: DIR/ gets <modality>_feat.npy (--data) or <modality>.npz (--items, --limit)"),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="dataset folder or name (its item table is read)"),
     items: Optional[Path] = typer.Option(None, "--items", help="or: a CSV/TSV/JSONL/Parquet item table with item_id"),
     encoder: Optional[str] = typer.Option(None, "--encoder", help="encoder spec (default per modality; docs/features.md)"),

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import platform
 import os
+import platform
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,6 +39,7 @@ import pandas as pd
 from .. import __version__
 from ..errors import DataError, PrismrecError
 from ..utils.io import check_out_dir, make_dir, read_json, write_json, write_npz
+from ..utils.io import clean_temp_files
 from .encoders import Encoder
 
 log = logging.getLogger("prismrec")
@@ -342,6 +343,7 @@ def extract_features(modality: str, out: str | Path, *, data: str | Path | None 
         torch.set_num_threads(threads)
     out = output_path(out, modality, row_aligned=data is not None and not limit)
     check_out_dir(out.parent, "--out folder")  # before any work: a file where a folder should be
+    clean_temp_files(out.parent, recursive=False, older_than=600)  # stale leftovers of a killed extraction
     if cache and use_cache:
         check_out_dir(cache, "--cache folder")
     order = None

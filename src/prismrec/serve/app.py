@@ -104,7 +104,7 @@ class Service:
             log.warning("the item store holds %d item(s) placed by another model (identities %s); they are not "
                         "loaded: their vectors live in another model's space. Re-add them through this bundle.",
                         sum(self.foreign.values()), ", ".join(k[:12] for k in self.foreign))
-        clean_temp_files(self.state_dir)
+        clean_temp_files(self.state_dir, older_than=600)  # other processes may be writing now
         n = self.sync()
         if n:
             log.info("loaded %d added item record(s) from the item store %s", n, self.store.safe_url)

@@ -135,16 +135,21 @@ def make_dir(path: str | Path, what: str = "") -> Path:
     return path
 
 
-def clean_temp_files(folder: str | Path, *, recursive: bool = True) -> int:
+def clean_temp_files(folder: str | Path, *, recursive: bool = True, older_than: float = 0.0) -> int:
     """Remove the temporary files (``.NAME.XXXX.tmp``) that a killed writer left in ``folder``; returns how
-    many. Called when a run, a pre-training or the service starts again in that folder."""
+    many. Called when a run, a pre-training or the service starts again in that folder. In a folder that
+    other processes may be writing to at the same time (the service's state, a feature folder), pass
+    ``older_than`` (seconds) so that only stale files go."""
+    import time
+
+    now = time.time()
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     n = 0
     for p in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")):
         try:
-            if p.is_file():
+            if p.is_file() and now - p.stat().st_mtime >= older_than:
                 p.unlink()
                 n += 1
         except OSError:

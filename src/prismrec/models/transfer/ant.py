@@ -85,14 +85,16 @@ def check_same_spaces(spaces: dict[str, dict[str, dict[str, Any]]], what: str = 
     """``spaces[dataset][modality]`` -> the common space per modality, or a one-paragraph error.
 
     Refused: a modality whose encoder or dimension differs between datasets, and a modality whose
-    encoder no dataset records (it cannot be checked) unless declared with ``feature_encoders``.
+    encoder a dataset does not record (it cannot be checked) unless declared with ``feature_encoders``.
+    A modality that only one dataset has mixes nothing: it needs no recorded encoder (pre-training on a
+    single dataset, or a modality only one source has); adapting it to another dataset is checked then.
     """
     names = sorted({m for sp in spaces.values() for m in sp})
     common: dict[str, dict] = {}
     for m in names:
         have = {ds: sp[m] for ds, sp in spaces.items() if m in sp}
         unknown = [ds for ds, s in have.items() if s["encoder"] == UNKNOWN]
-        if unknown:
+        if unknown and len(have) > 1:
             raise PrismrecError(
                 f"{what} refuses to mix feature spaces it cannot check: modality '{m}' of "
                 f"{', '.join(unknown)} records no encoder (no features.json entry), so it is unknown whether it "
