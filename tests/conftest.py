@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -194,6 +195,52 @@ def cli_commands(request, tmp_path_factory):
     yield ns
     for proc in ns.procs.values():
         proc.stop()
+
+
+# ------------------------------------------------------------------------------------- PostgreSQL
+# A throw-away local PostgreSQL server (the Debian package's binaries) for the tests that share a database
+# between processes (test_serve_store.py, test_tune_optuna.py); skipped with the reason when it cannot start.
+def _postgres_bin() -> Path | None:
+    for cand in [shutil.which("initdb"), *sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))]:
+        if cand:
+            return Path(cand).parent
+    return None
+
+
+@pytest.fixture(scope="module")
+def postgres_url(tmp_path_factory):
+    pytest.importorskip("psycopg")
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (apt-get install postgresql)")
+    from prismrec.serve.soak import free_port
+
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="prismrec-pg-"))  # under /tmp: reachable by the 'postgres' user
+    data, port = root / "data", free_port()
+    user = []
+    if os.geteuid() == 0:  # postgres refuses to run as root: use the 'postgres' system user when there is one
+        import pwd
+
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("PostgreSQL cannot run as root and there is no 'postgres' user")
+        shutil.chown(root, "postgres")
+        user = ["runuser", "-u", "postgres", "--"]
+    run = lambda *a: subprocess.run([*user, *map(str, a)], capture_output=True, text=True, timeout=120)  # noqa: E731
+    r = run(bindir / "initdb", "-D", data, "-U", "prismrec", "--auth=trust")
+    if r.returncode != 0:
+        pytest.skip(f"initdb failed: {r.stderr[-300:]}")
+    r = run(bindir / "pg_ctl", "-D", data, "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "-w",
+            "-l", root / "log", "start")
+    if r.returncode != 0:
+        pytest.skip(f"PostgreSQL did not start: {r.stderr[-300:]}")
+    yield f"postgresql+psycopg://prismrec@127.0.0.1:{port}/postgres"
+    run(bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop")
+    shutil.rmtree(root, ignore_errors=True)
+
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -266,48 +266,6 @@ def test_invalid_json_values_are_422_not_500(bundles, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ postgres
-def _postgres_bin() -> Path | None:
-    for cand in [shutil.which("initdb"), *sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))]:
-        if cand:
-            return Path(cand).parent
-    return None
-
-
-@pytest.fixture(scope="module")
-def postgres_url(tmp_path_factory):
-    pytest.importorskip("psycopg")
-    bindir = _postgres_bin()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (apt-get install postgresql)")
-    from prismrec.serve.soak import free_port
-
-    import tempfile
-
-    root = Path(tempfile.mkdtemp(prefix="prismrec-pg-"))  # under /tmp: reachable by the 'postgres' user
-    data, port = root / "data", free_port()
-    user = []
-    if os.geteuid() == 0:  # postgres refuses to run as root: use the 'postgres' system user when there is one
-        import pwd
-
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("PostgreSQL cannot run as root and there is no 'postgres' user")
-        shutil.chown(root, "postgres")
-        user = ["runuser", "-u", "postgres", "--"]
-    run = lambda *a: subprocess.run([*user, *map(str, a)], capture_output=True, text=True, timeout=120)  # noqa: E731
-    r = run(bindir / "initdb", "-D", data, "-U", "prismrec", "--auth=trust")
-    if r.returncode != 0:
-        pytest.skip(f"initdb failed: {r.stderr[-300:]}")
-    r = run(bindir / "pg_ctl", "-D", data, "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "-w",
-            "-l", root / "log", "start")
-    if r.returncode != 0:
-        pytest.skip(f"PostgreSQL did not start: {r.stderr[-300:]}")
-    yield f"postgresql+psycopg://prismrec@127.0.0.1:{port}/postgres"
-    run(bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop")
-    shutil.rmtree(root, ignore_errors=True)
-
-
 def test_postgres_store_shared_by_two_services(bundles, tmp_path, postgres_url):
     a, _ = client_for(bundles["bpr"], tmp_path / "a", store_url=postgres_url)
     b, _ = client_for(bundles["bpr"], tmp_path / "b", store_url=postgres_url)

@@ -268,7 +268,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
                           noise=0.1, label=False)
     sets = ["train.batch_size=256", "train.patience=1000", "train.threads=1", "train.lr_scheduler=[0.9,2]",
             "train.learning_rate=0.005", "train.topk=[10,20]", "bpr.embedding_size=32"]
-    args = ["train", "--model", "bpr", "--data", str(data), "--epochs", str(RESUME_EPOCHS), "--seed", "5"]
+    # -v: the per-epoch log lines (checked below) are shown on request only
+    args = ["-v", "train", "--model", "bpr", "--data", str(data), "--epochs", str(RESUME_EPOCHS), "--seed", "5"]
     for s in sets:
         args += ["--set", s]
     ref_dir, run_dir = tmp_path / "reference", tmp_path / "killed"

@@ -21,16 +21,20 @@ __all__ = ["train", "evaluate", "load_run", "compare", "tune", "paired_test", "l
 def train(model: str, data: str | Path | Dataset, out: str | Path | None = None, *, seed: int | None = None,
           epochs: int | None = None, config: str | Path | Sequence[str | Path] = (),
           overrides: OverridesLike = (), resume: bool = False, progress: bool = False,
-          device: str | None = None) -> Run:
+          device: str | None = None, track: str | None = None, track_uri: str | None = None) -> Run:
     """Train ``model`` on ``data`` (name, path or :class:`Dataset`); ``out=None`` keeps it in memory.
 
     ``overrides`` is a mapping of typed values (``{"n_layers": 2, "train.learning_rate": 1e-3,
     "data": {"split": "loo"}}``; a section may also be a config object such as ``TrainConfig(epochs=3)``),
-    or ``KEY=VALUE`` strings as on the command line.
+    or ``KEY=VALUE`` strings as on the command line. ``track="tensorboard"`` or ``"mlflow"`` logs the run
+    (:mod:`prismrec.track`; ``track_uri``: where).
     """
+    from .track import tracking
+
     files = [config] if isinstance(config, (str, Path)) else list(config)
-    return train_run(model, data, out, config_files=files, overrides=parse_overrides(overrides), seed=seed,
-                     epochs=epochs, resume=resume, progress=progress, device=device)
+    with tracking(track, out, track_uri, command="train"):
+        return train_run(model, data, out, config_files=files, overrides=parse_overrides(overrides), seed=seed,
+                         epochs=epochs, resume=resume, progress=progress, device=device)
 
 
 def evaluate(run_dir: str | Path, stage: str = "test") -> dict[str, float]:
@@ -40,13 +44,17 @@ def evaluate(run_dir: str | Path, stage: str = "test") -> dict[str, float]:
 
 def compare(models: Sequence[str], data: str | Path, out: str | Path, *, seeds: Sequence[int] = (0,),
             config: Sequence[str | Path] = (), overrides: OverridesLike = (), epochs: int | None = None,
-            **kw: Any) -> Comparison:
+            track: str | None = None, track_uri: str | None = None, **kw: Any) -> Comparison:
     """Train every model x seed (reusing finished runs) and return the comparison table.
 
     ``models`` are names or entries with their own settings (``"lightgcn[n_layers=2]"``); ``overrides``
-    (as in :func:`train`) apply to every run, a model's own section only to that model."""
-    return _compare(models, data, out, seeds=seeds, config_files=config, overrides=parse_overrides(overrides),
-                    epochs=epochs, **kw)
+    (as in :func:`train`) apply to every run, a model's own section only to that model. ``track``: as in
+    :func:`train`, the runs grouped (a TensorBoard folder per run, an MLflow parent run)."""
+    from .track import tracking
+
+    with tracking(track, out, track_uri, command="compare"):
+        return _compare(models, data, out, seeds=seeds, config_files=config, overrides=parse_overrides(overrides),
+                        epochs=epochs, **kw)
 
 
 def tune(model: str, data: str | Path, out: str | Path, grid: Mapping[str, Sequence[Any]], *,
@@ -184,6 +192,10 @@ def serve(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_
     from .serve.app import ServeSettings, create_app, settings_to_env
 
     cfg = ServeSettings(api_key=key, **settings)
+    import logging
+
+    logging.getLogger("prismrec").info("starting the service for %s on http://%s:%d (%d process%s; Ctrl-C stops it)",
+                                       bundle, host, port, workers, "es" if workers > 1 else "")
     if workers > 1:  # each process builds the app from the environment; they share the item store
         os.environ.update(settings_to_env(bundle, cfg))
         uvicorn.run("prismrec.serve.app:app_from_env", factory=True, workers=workers, host=host, port=port,

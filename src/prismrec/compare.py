@@ -90,37 +90,69 @@ class Comparison:
 def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *, seeds: Sequence[int] = (0,),
             config_files: Sequence[str | Path] = (), overrides: OverridesLike = (), epochs: int | None = None,
             metrics: Sequence[str] = DEFAULT_METRICS, progress: bool = False,
-            on_run: Callable[[str, int, dict[str, Any]], None] | None = None) -> Comparison:
-    """Train (or reuse) every entry x seed under ``out`` and tabulate test metrics (mean, std)."""
+            on_run: Callable[[str, int, dict[str, Any]], None] | None = None, tune_trials: int = 0,
+            tune_options: Mapping[str, Any] | None = None, jobs: int | None = 1) -> Comparison:
+    """Train (or reuse) every entry x seed under ``out`` and tabulate test metrics (mean, std).
+
+    ``jobs``: runs trained at once, in worker processes with ``cores // jobs`` torch threads each
+    (:mod:`prismrec.parallel`; None: two on a CPU with two cores or more, else one; 1: one after the other
+    in this process). ``on_run(label, seed, metrics)`` is called as each run ends (reused runs first).
+
+    ``tune_trials > 0``: before its seeds, every entry gets the same search (``tune_trials`` TPE trials on
+    validation of its model's search space, its own bracket settings held fixed, the same patience and epochs;
+    ``OUT/<entry>/tune``), and its seeds run the selected setting; the table's caption says so.
+    ``tune_options`` are passed to :func:`prismrec.study.tune_study` (``workers``, ``select``, ``prune``...)."""
     out = Path(out)
     parsed = [e if isinstance(e, Entry) else Entry.parse(e) for e in entries]
     labels = [e.label for e in parsed]
     if len(set(labels)) != len(labels):
         raise ConfigError("the same model entry is listed twice; give each entry different settings.")
     rows = []
+    tuned: dict[str, Overrides] = {}
+    protocol = None
+    if tune_trials:
+        tuned, protocol = _tune_entries(parsed, data, out, tune_trials, seeds, config_files, overrides, epochs,
+                                        dict(tune_options or {}), progress)
+    plan: list[list[Any]] = []  # [entry, seed, run_dir, metrics (None until trained)]
+    todo: list[tuple[int, dict[str, Any]]] = []  # (plan index, train_run arguments) of the runs to train
     for entry in parsed:
         for seed in seeds:
             run_dir = out / entry.dirname / f"seed-{seed}"
-            settings = merge_overrides(overrides, entry.overrides)
+            settings = merge_overrides(overrides, entry.overrides, tuned.get(entry.label, {}))
             # a finished run is reused only when it was made from the same settings and data
             m = reuse_finished(run_dir, entry.model, data, config_files=config_files, overrides=settings,
                                seed=seed, epochs=epochs)
             if m is None:
                 resume = run_dir.is_dir() and any(run_dir.iterdir())
-                m = train_run(entry.model, data, run_dir, config_files=config_files, overrides=settings,
-                              seed=seed, epochs=epochs, resume=resume, progress=progress).metrics
-            if on_run:
+                todo.append((len(plan), dict(model=entry.model, data=data, out=run_dir, config_files=config_files,
+                                             overrides=settings, seed=seed, epochs=epochs, resume=resume,
+                                             progress=progress)))
+            elif on_run:
                 on_run(entry.label, seed, m)
-            row = {"entry": entry.label, "model": m["model"], "seed": seed, "best_epoch": m["best_epoch"],
-                   "epochs_run": m["epochs_run"], "train_seconds": m["train_seconds"],
-                   "epoch_seconds": m.get("epoch_seconds"), "eval_seconds": m.get("eval_seconds"),
-                   "peak_rss_mb": m.get("peak_rss_mb"), "run_dir": str(run_dir)}
-            row.update({f"test_{k}": m["test"].get(k, np.nan) for k in metrics})
-            row.update({f"valid_{k}": m["valid"].get(k, np.nan) for k in metrics})
-            rows.append(row)
+            plan.append([entry, seed, run_dir, m])
+
+    def trained(i: int, m: dict[str, Any]) -> None:
+        plan[todo[i][0]][3] = m
+        if on_run:
+            on_run(plan[todo[i][0]][0].label, plan[todo[i][0]][1], m)
+
+    from .parallel import default_jobs, run_all  # several runs at once (jobs): see prismrec.parallel
+
+    run_all([t for _, t in todo], default_jobs(len(todo)) if jobs is None else jobs, progress=progress,
+            on_result=trained, train=lambda **kw: train_run(**kw).metrics)
+    for entry, seed, run_dir, m in plan:
+        row = {"entry": entry.label, "model": m["model"], "seed": seed, "best_epoch": m["best_epoch"],
+               "epochs_run": m["epochs_run"], "train_seconds": m["train_seconds"],
+               "epoch_seconds": m.get("epoch_seconds"), "eval_seconds": m.get("eval_seconds"),
+               "peak_rss_mb": m.get("peak_rss_mb"), "run_dir": str(run_dir)}
+        row.update({f"test_{k}": m["test"].get(k, np.nan) for k in metrics})
+        row.update({f"valid_{k}": m["valid"].get(k, np.nan) for k in metrics})
+        rows.append(row)
     runs = pd.DataFrame(rows)
     summary = _summarise(runs, parsed, metrics, out, seeds)
     md = _markdown(summary, metrics, data, seeds)
+    if protocol:
+        md = f"Protocol: {protocol}\n\n" + md
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "runs.csv", runs.to_csv(index=False))
     write_text(out / "results.csv", summary.to_csv(index=False))
@@ -128,6 +160,43 @@ def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *
     from .report.html import write_report_safely  # plots never fail a comparison (a warning instead)
 
     return Comparison(runs, summary, md, out, write_report_safely([out], out / "report.html"))
+
+
+def _tune_entries(entries: list[Entry], data: Any, out: Path, trials: int, seeds: Sequence[int],
+                  config_files: Sequence[str | Path], overrides: OverridesLike, epochs: int | None,
+                  options: dict[str, Any], progress: bool) -> tuple[dict[str, Overrides], str]:
+    """The same search for every entry: ``trials`` trials (trial seed: the first seed), then its best setting."""
+    from .runs import build_config
+    from .search_space import canonical_key
+    from .study import tune_study
+
+    patience = {build_config(e.model, data, config_files=config_files,
+                             overrides=merge_overrides(overrides, e.overrides)).train.patience for e in entries}
+    if len(patience) > 1:
+        raise ConfigError(f"compare --tune gives every model the same patience rule, and the entries set different "
+                          f"train.patience values ({sorted(patience)}). Fix: set it once with --set train.patience=N.")
+    tuned: dict[str, Overrides] = {}
+    spec = None
+    for e in entries:
+        fixed: dict[str, Any] = {}
+        for key in e.overrides:  # an entry's own settings are held fixed: they leave its space
+            try:
+                fixed[canonical_key(e.model, key)] = None
+            except ConfigError:
+                pass
+        res = tune_study(e.model, data, out / e.dirname / "tune", space=fixed, trials=trials, seeds=[seeds[0]],
+                         final_seeds=(), config_files=config_files, overrides=merge_overrides(overrides, e.overrides),
+                         epochs=epochs, progress=progress, **options)
+        spec = res.spec
+        tuned[e.label] = merge_overrides({k if k.startswith(("train.", "data.")) else f"{e.model}.{k}": v
+                                          for k, v in res.best_params.items()},
+                                         {"train.valid_metric": spec.select})
+    assert spec is not None
+    prune = f"median pruning after {spec.prune_warmup} epochs" if spec.prune else "no pruning"
+    protocol = (f"each model: {trials} trials TPE on validation {spec.select} (trial seed {seeds[0]}, {prune}, "
+                f"patience {patience.pop()}{f', at most {epochs} epochs' if epochs else ''}), then seeds "
+                f"{', '.join(map(str, seeds))} of the selected setting; test scored only for those runs.")
+    return tuned, protocol
 
 
 def _summarise(runs: pd.DataFrame, entries: list[Entry], metrics: Sequence[str], out: Path,

@@ -262,17 +262,18 @@ class RunConfig(StrictConfig):
 TOP_LEVEL = {"model", "seed", "data_source"}
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file; errors name the file."""
+def read_yaml(path: str | Path, *, kind: str = "Config file", option: str = "--config",
+              holds: str = "sections (data:, train:, <model>:)") -> dict[str, Any]:
+    """Read a YAML mapping (a config file, a search-space file, ...); errors name the file."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"Config file {p} does not exist. Fix: pass the path of a YAML file to --config.")
+        raise ConfigError(f"{kind} {p} does not exist. Fix: pass the path of a YAML file to {option}.")
     try:
         content = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"Config file {p} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{kind} {p} is not valid YAML: {exc}") from None
     if not isinstance(content, dict):
-        raise ConfigError(f"Config file {p} must hold a mapping of sections (data:, train:, <model>:).")
+        raise ConfigError(f"{kind} {p} must hold a mapping of {holds}.")
     return content
 
 

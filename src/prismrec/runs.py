@@ -21,7 +21,7 @@ import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -124,9 +124,11 @@ def build_config(model: str, data: str | Path | Dataset, *, config_files: Sequen
     files = [read_yaml(p) for p in config_files]
     if not isinstance(data, Dataset):
         data = canonical_source(data)
-    return resolve_config(MODELS.canonical(model), cls.Config, files, parse_overrides(overrides), seed=seed,
+    cfg = resolve_config(MODELS.canonical(model), cls.Config, files, parse_overrides(overrides), seed=seed,
                           data_source=data.name if isinstance(data, Dataset) else str(data), epochs=epochs, model_names=MODELS.names(),
                           model_aliases=(model.lower(), *MODELS.aliases_of(model)), defaults=cls.defaults)
+    cls.resolve_run_settings(cfg.params, cfg.seed)  # settings that follow the run (AlignRec's stage-1 seed)
+    return cfg
 
 
 def build_model(cfg: RunConfig, ds: Dataset, split: Split) -> tuple[Recommender, TrainingData]:
@@ -169,11 +171,15 @@ def _check_run_dir(out: Path, resume: bool) -> None:
 def train_run(model: str, data: str | Path | Dataset, out: str | Path | None = None, *,
               config_files: Sequence[str | Path] = (), overrides: OverridesLike = (), seed: int | None = None,
               epochs: int | None = None, resume: bool = False, progress: bool = False,
-              device: str | None = None) -> Run:
+              device: str | None = None, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+              test: bool = True) -> Run:
     """Train ``model`` on ``data`` into the run directory ``out`` (None keeps everything in memory).
 
     With ``resume=True`` an existing run directory continues from its last checkpoint (its saved
-    configuration and split are used; a finished run is simply reloaded).
+    configuration and split are used; a finished run is simply reloaded). ``on_epoch(row)`` gets each
+    epoch's history row (with ``valid`` metrics after an evaluation; raising stops the run, e.g. a pruned
+    tuning trial). ``test=False`` leaves the test set unscored (tuning trials record validation only:
+    ``metrics["test"]`` is empty and no per-user test file is written).
     """
     out_path = Path(out) if out is not None else None
     if out_path is not None:
@@ -217,16 +223,25 @@ def train_run(model: str, data: str | Path | Dataset, out: str | Path | None = N
     seed_everything(cfg.seed)
     model_obj, tdata = build_model(cfg, ds, split)
     dev = resolve_device(cfg.train.device)
+    from .track import chain, run_tracker, tracked  # --track: None unless tracking is on
+
+    tracker = run_tracker(cfg.to_run_dict(), out_path, tags={"model": cfg.model, "dataset": ds.name, "seed": cfg.seed})
     trainer = Trainer(model_obj, tdata, split, cfg.train, cfg.seed, run_dir=out_path, device=dev,
-                      progress=progress, filter_cold_users=cfg.data.filter_cold_users)
-    result = trainer.fit(resume=resume)
-    metrics = _final_metrics(cfg, ds, split, model_obj, result, dev, out_path)
+                      progress=progress, filter_cold_users=cfg.data.filter_cold_users,
+                      on_epoch=chain(tracker and tracker.epoch, on_epoch))
+    with tracked(tracker):
+        result = trainer.fit(resume=resume)
+        metrics = _final_metrics(cfg, ds, split, model_obj, result, dev, out_path, test=test)
+    if tracker is not None:
+        tracker.finish(metrics)
     return Run(out_path, cfg, ds, split, model_obj, metrics)
 
 
 def _final_metrics(cfg: RunConfig, ds: Dataset, split: Split, model: Recommender, result: TrainResult,
-                   dev: torch.device, out: Path | None) -> dict[str, Any]:
+                   dev: torch.device, out: Path | None, test: bool = True) -> dict[str, Any]:
     valid = evaluate_stage(model, split, cfg, "valid", keep_per_user=False, with_segments=False)
+    if not test:
+        return _validation_metrics(cfg, ds, split, model, result, dev, out, valid)
     test = evaluate_stage(model, split, cfg, "test")
     n_params = sum(p.numel() for p in model.parameters())
     metrics: dict[str, Any] = {
@@ -263,6 +278,24 @@ def _final_metrics(cfg: RunConfig, ds: Dataset, split: Split, model: Recommender
     if out is not None:
         write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in result.history))
         write_npz(out / PER_USER_FILE, users=test.users, **{k: v for k, v in test.per_user.items()})
+        write_json(out / METRICS_FILE, metrics)
+    return metrics
+
+
+def _validation_metrics(cfg: RunConfig, ds: Dataset, split: Split, model: Recommender, result: TrainResult,
+                        dev: torch.device, out: Path | None, valid: EvalResult) -> dict[str, Any]:
+    """metrics.json of a run whose test set is left unscored (a tuning trial)."""
+    metrics: dict[str, Any] = {
+        "model": cfg.model, "dataset": ds.name, "data_source": cfg.data_source, "best_epoch": result.best_epoch,
+        "valid": valid.metrics, "test": {}, "test_skipped": True, "seed": cfg.seed, "epochs_run": result.epochs_run,
+        "train_seconds": round(result.train_seconds, 3), "epoch_seconds": round(result.mean_epoch_seconds, 4),
+        "eval_seconds": round(result.mean_eval_seconds, 4), "stopped_early": result.stopped_early,
+        "valid_metric": cfg.train.valid_metric, "split": {"rule": split.rule, **split.counts()},
+        "peak_rss_mb": round(peak_rss_mb(), 1), "device": str(dev),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if out is not None:
+        write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in result.history))
         write_json(out / METRICS_FILE, metrics)
     return metrics
 

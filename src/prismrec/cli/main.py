@@ -39,19 +39,56 @@ app = typer.Typer(
     help="prismrec: train, compare, evaluate and serve multimodal recommenders.",
 )
 
-_STATE = {"debug": False, "quiet": False}
+_STATE = {"debug": False, "quiet": False, "verbose": False}
+#: options of the main callback that may also be written after the command (``prismrec compare ... -v``)
+_GLOBAL_FLAGS = ("-v", "--verbose", "-q", "--quiet", "--debug")
+
+
+class _Once(logging.Filter):
+    """Each warning (and error) text is shown once per command, however many runs or datasets repeat it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[int, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.levelno, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+class _PlainFormatter(logging.Formatter):
+    """Piped or redirected output: one unwrapped line per record, ``warning:`` / ``error:`` before problems."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = super().format(record)
+        return f"{record.levelname.lower()}: {msg}" if record.levelno >= logging.WARNING else msg
 
 
 def _setup_logging(quiet: bool, verbose: bool) -> None:
-    from rich.console import Console
-    from rich.logging import RichHandler
+    """Default: results, one-off notes and warnings (each once); ``-v`` adds the per-epoch lines and debug
+    notes; ``-q`` only warnings. On a terminal the lines go through the shared rich console (above the live
+    progress line); otherwise plain, never wrapped, lines on stderr."""
+    from ..utils.progress import console, stderr_is_terminal
 
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     logger = logging.getLogger("prismrec")
     logger.handlers.clear()
-    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False, markup=False,
-                          rich_tracebacks=False)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler: logging.Handler
+    if stderr_is_terminal():
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=console(), show_path=False, show_time=False, markup=False,
+                              rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_PlainFormatter("%(message)s"))
+    handler.addFilter(_Once())
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
@@ -61,15 +98,45 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
 def _main(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks of errors"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="only warnings and results"),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="details: the per-epoch log lines, debug notes"),
 ) -> None:
     _STATE["debug"] = debug
     _STATE["quiet"] = quiet
+    _STATE["verbose"] = verbose
     _setup_logging(quiet, verbose)
 
 
 def _progress() -> bool:
-    return not _STATE["quiet"] and sys.stderr.isatty()
+    """Draw live progress lines: standard error is a terminal and -q was not given."""
+    from ..utils.progress import stderr_is_terminal
+
+    return not _STATE["quiet"] and stderr_is_terminal()
+
+
+def _global_flags_first(argv: list[str]) -> list[str]:
+    """``prismrec compare ... -v`` as ``prismrec -v compare ...``: the main options are accepted after the
+    command too (never after ``--``)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    moved = [a for a in argv[:end] if a in _GLOBAL_FLAGS]
+    if not moved:
+        return argv
+    return moved + [a for a in argv[:end] if a not in _GLOBAL_FLAGS] + argv[end:]
+
+
+def _tracking(track: Optional[str], uri: Optional[str], out: Optional[Path], command: str):
+    """The ``--track`` / ``--track-uri`` context of a command (a no-op without ``--track``)."""
+    from ..track import tracking
+
+    if uri is not None and track is None:
+        from ..errors import PrismrecError
+
+        raise PrismrecError("--track-uri needs --track tensorboard or --track mlflow.")
+    return tracking(track, out, uri, command=command)
+
+
+_TRACK_HELP = "log config, per-epoch and final metrics of every run: tensorboard or mlflow (prismrec[track])"
+_TRACK_URI_HELP = ("where: a folder (TensorBoard log root; MLflow file store) or an MLflow tracking URI "
+                   "(sqlite:///mlflow.db, http://host:5000); default under --out")
 
 
 def _print(text: str) -> None:
@@ -88,13 +155,16 @@ def train(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="maximum number of epochs"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
     device: Optional[str] = typer.Option(None, "--device", help="torch device (auto, cpu, cuda, cuda:1)"),
+    track: Optional[str] = typer.Option(None, "--track", help=_TRACK_HELP),
+    track_uri: Optional[str] = typer.Option(None, "--track-uri", help=_TRACK_URI_HELP),
 ) -> None:
     """Train one model and write RUN_DIR/metrics.json (test metrics at the best validation epoch)."""
     from ..config import parse_overrides
     from ..runs import train_run
 
-    run = train_run(model, data, out, config_files=config, overrides=parse_overrides(set_), seed=seed,
-                    epochs=epochs, resume=resume, progress=_progress(), device=device)
+    with _tracking(track, track_uri, out, "train"):
+        run = train_run(model, data, out, config_files=config, overrides=parse_overrides(set_), seed=seed,
+                        epochs=epochs, resume=resume, progress=_progress(), device=device)
     m = run.metrics
     _print(_metrics_table(m["test"], title=f"{m['model']} on {m['dataset']}: test at best epoch {m['best_epoch']} "
                                            f"(of {m['epochs_run']}, {m['train_seconds']:.1f}s)"))
@@ -139,6 +209,13 @@ def compare(
     set_: list[str] = typer.Option([], "--set", "-s", help="override for every run (model.key applies to that model)"),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     metrics: str = typer.Option("recall@10,recall@20,ndcg@10,ndcg@20", "--metrics"),
+    tune: int = typer.Option(0, "--tune", min=0, help="TRIALS: tune every model with the same number of TPE trials "
+                             "on validation (its declared search space) before its seeds"),
+    tune_workers: int = typer.Option(1, "--tune-workers", min=1, help="local worker processes of each search"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="runs trained at once, each with cores/N "
+                                       "torch threads (default: 2 on a CPU with 2+ cores, 1 on a GPU)"),
+    track: Optional[str] = typer.Option(None, "--track", help=_TRACK_HELP),
+    track_uri: Optional[str] = typer.Option(None, "--track-uri", help=_TRACK_URI_HELP),
 ) -> None:
     """Train several models (x seeds) on one split; print and save a Markdown and CSV table."""
     from ..compare import compare as run_compare
@@ -147,13 +224,16 @@ def compare(
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     log = logging.getLogger("prismrec")
 
-    def on_run(label: str, seed: int, m: dict) -> None:
-        log.info("%s seed %d: test %s", label, seed,
-                 ", ".join(f"{k} {m['test'][k]:.4f}" for k in metrics.split(",") if k in m["test"]))
+    def on_run(label: str, seed: int, m: dict) -> None:  # the one result line of each run
+        log.info("%s seed %d: test %s (best epoch %s of %s, %.1fs)", label, seed,
+                 ", ".join(f"{k} {m['test'][k]:.4f}" for k in metrics.split(",") if k in m["test"]),
+                 m.get("best_epoch"), m.get("epochs_run"), m.get("train_seconds") or 0.0)
 
-    res = run_compare(model, data, out, seeds=seed_list, config_files=config, overrides=parse_overrides(set_),
-                      epochs=epochs,
-                      metrics=[m.strip().lower() for m in metrics.split(",")], progress=_progress(), on_run=on_run)
+    with _tracking(track, track_uri, out, "compare"):
+        res = run_compare(model, data, out, seeds=seed_list, config_files=config, overrides=parse_overrides(set_),
+                          epochs=epochs,
+                          metrics=[m.strip().lower() for m in metrics.split(",")], progress=_progress(), on_run=on_run,
+                          tune_trials=tune, tune_options={"workers": tune_workers} if tune else None, jobs=jobs)
     _print(res.markdown)
     _print(f"tables saved in {out}/results.md and {out}/results.csv")
     if res.report is not None:
@@ -162,29 +242,43 @@ def compare(
 
 @app.command()
 def tune(
-    model: str = typer.Option(..., "--model", "-m"),
-    data: str = typer.Option(..., "--data", "-d"),
-    out: Path = typer.Option(..., "--out", "-o"),
-    grid: list[str] = typer.Option(..., "--grid", "-g", help="KEY=V1,V2,... (repeatable); values parsed as YAML"),
+    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    data: Optional[str] = typer.Option(None, "--data", "-d"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="study folder (the same --out resumes the study)"),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="trial budget (complete + pruned; default 20 "
+                                         "when no --timeout)"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=1, help="time budget of the search, in seconds"),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="tpe (default) or grid (exact; the default with --grid)"),
+    space: list[str] = typer.Option([], "--space", help="narrow/widen the model's space: KEY=loguniform(a,b) | "
+                                    "uniform(a,b) | int(a,b) | [v1,v2] | none (repeatable)"),
+    space_file: Optional[Path] = typer.Option(None, "--space-file", help="YAML {key: distribution}"),
+    grid: list[str] = typer.Option([], "--grid", "-g", help="exact grid KEY=V1,V2,... (repeatable; --sampler grid)"),
     seeds: str = typer.Option("0", "--seeds", help="seeds of each trial (selection uses their mean)"),
     final_seeds: str = typer.Option("0,1,2", "--final-seeds", help="seeds for the chosen setting ('' to skip)"),
-    select: str = typer.Option("recall@20", "--select", help="validation metric that picks the setting"),
+    select: Optional[str] = typer.Option(None, "--select", help="validation metric that picks the setting "
+                                         "(default: train.valid_metric)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="journal file (default OUT/study.journal) or a "
+                                          "database URL (postgresql+psycopg://...)"),
+    study_name: Optional[str] = typer.Option(None, "--study-name", help="default: the model name"),
+    workers: int = typer.Option(1, "--workers", min=1, help="local worker processes sharing the study"),
+    no_prune: bool = typer.Option(False, "--no-prune", help="never stop a trial early"),
+    status: Optional[Path] = typer.Option(None, "--status", help="print the progress of the study in this folder"),
+    worker: Optional[Path] = typer.Option(None, "--worker", help="run trials of the study in this folder (internal)"),
+    worker_id: int = typer.Option(0, "--worker-id", help="(with --worker)"),
     config: list[Path] = typer.Option([], "--config", "-c"),
     set_: list[str] = typer.Option([], "--set", "-s"),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
+    track: Optional[str] = typer.Option(None, "--track", help=_TRACK_HELP),
+    track_uri: Optional[str] = typer.Option(None, "--track-uri", help=_TRACK_URI_HELP),
 ) -> None:
-    """Grid search on VALIDATION, then the chosen setting over several seeds (test mean and spread)."""
-    from ..compare import tune as run_tune
-    from ..config import parse_grid, parse_overrides
+    """Search hyper-parameters on VALIDATION (Optuna TPE with pruning, or an exact grid), then run the
+    chosen setting over several seeds (test mean and spread). See docs/cli.md."""
+    from .tune_cli import run_tune_command
 
-    space = parse_grid(grid)
-    log = logging.getLogger("prismrec")
-    res = run_tune(model, data, out, space, seeds=[int(s) for s in seeds.split(",") if s.strip()],
-                   final_seeds=[int(s) for s in final_seeds.split(",") if s.strip()], config_files=config,
-                   overrides=parse_overrides(set_), epochs=epochs, select=select.lower(),
-                   progress=_progress(), on_run=lambda label, seed, m: log.info("%s seed %d: valid %s %.4f", label, seed, select,
-                                                          m["valid"].get(select.lower(), float("nan"))))
-    _print(res.markdown)
+    args = locals()
+    searching = status is None and worker is None  # workers inherit the tracking of the command that started them
+    with _tracking(track if searching else None, track_uri if searching else None, out, "tune"):
+        run_tune_command(args, _print, progress=_progress())
 
 
 @app.command()
@@ -500,7 +594,8 @@ def serve(
     """Serve a bundle over HTTP (FastAPI; API key from PRISMREC_API_KEY in the X-API-Key header)."""
     from ..api import serve as run_serve
 
-    run_serve(bundle, host=host, port=port, log_level="warning" if _STATE["quiet"] else "info", state_dir=state,
+    # uvicorn's own lines (start-up chatter, one access line per request) only with -v
+    run_serve(bundle, host=host, port=port, log_level="info" if _STATE["verbose"] else "warning", state_dir=state,
               ann_threshold=ann_threshold, max_k=max_k, max_body_bytes=int(max_body_mb * 2 ** 20),
               threads=workers_threads, cold_start=cold_start, workers=workers, store_url=store)
 
@@ -517,7 +612,7 @@ def main() -> None:
 
     debug = "--debug" in sys.argv or os.environ.get("PRISMREC_DEBUG") == "1"
     try:
-        app()
+        app(args=_global_flags_first(sys.argv[1:]))
     except PrismrecError as exc:
         if debug:
             raise

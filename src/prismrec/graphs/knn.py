@@ -243,3 +243,128 @@ def multimodal_knn_graph(modalities: dict[str, "Modality"], k: int, weights: dic
         have += w * m.available
     scale = np.divide(1.0, have, out=np.zeros_like(have), where=have > 0).astype(np.float32)
     return (sp.diags(scale) @ total).tocsr()
+
+
+# ------------------------------------------------------------------ learned (differentiable) kNN graphs
+class _KeptSimilarities(torch.autograd.Function):
+    """``values[e] = <xs[rows[e]], xs[cols[e]]>``, already computed (gathered from the block products);
+    the backward pass scatters ``g_e xs[cols[e]]`` to row ``rows[e]`` and ``g_e xs[rows[e]]`` to row
+    ``cols[e]``, in chunks of edges. Saves only ``xs`` and the indices: O(n k) besides ``xs``, where
+    autograd's own ``gather`` would keep every ``B x n`` block alive until the backward pass."""
+
+    CHUNK = 1 << 18
+
+    @staticmethod
+    def forward(ctx, xs: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(xs, rows, cols)
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        xs, rows, cols = ctx.saved_tensors
+        out = torch.zeros_like(xs)
+        for s in range(0, len(rows), _KeptSimilarities.CHUNK):
+            r, c, g = rows[s:s + _KeptSimilarities.CHUNK], cols[s:s + _KeptSimilarities.CHUNK], grad[s:s + _KeptSimilarities.CHUNK, None]
+            out.index_add_(0, r, g * xs[c])
+            out.index_add_(0, c, g * xs[r])
+        return out, None, None, None
+
+
+def topk_similarity(x: torch.Tensor, k: int, *, available: torch.Tensor | np.ndarray | None = None,
+                    exclude_self: bool = False, block_bytes: int = BLOCK_BYTES
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cosine top-``k`` neighbours of every row of a torch matrix as edges ``(rows, cols, values)``.
+
+    The learned-graph counterpart of :func:`knn`: no items x items matrix is formed. Rows are taken in
+    blocks of ``block_bytes / (4 n)``; each block's similarities to all rows (``B x n``) are computed
+    without autograd, reduced to their top-``k`` (ties broken by the smaller id, as :func:`_stable_topk`),
+    and the kept similarities are gathered from the block. ``values`` carry gradients to ``x`` (through
+    the L2 normalisation) exactly as the same entries of the dense ``cos(x, x)`` would (a custom
+    backward that scatters over the kept edges); ``rows``/``cols`` (int64) carry none. Memory: one
+    ``B x n`` block at a time, plus ``O(n k)`` for the edges, forward and backward.
+
+    ``available`` (bool per row): rows without the feature get no edge and are nobody's neighbour.
+    ``exclude_self=False`` keeps the row itself when it ranks in its top-k (LATTICE's ``torch.topk``).
+    """
+    n = x.shape[0]
+    device = x.device
+    if available is not None:
+        avail = torch.as_tensor(np.asarray(available.cpu() if torch.is_tensor(available) else available, dtype=bool))
+        ids = torch.nonzero(avail).squeeze(1).to(device)
+    else:
+        ids = torch.arange(n, device=device)
+    m = len(ids)
+    kk = min(k, m - (1 if exclude_self else 0))
+    empty = torch.empty(0, dtype=torch.long, device=device)
+    if kk <= 0:
+        return empty, empty, x.new_zeros(0)
+    xs = torch.nn.functional.normalize(x[ids] if m < n else x, dim=-1)
+    xd = xs.detach()
+    local = torch.arange(m, device=device)
+    rows_per_block = max(1, min(m, block_bytes // max(4 * m, 1)))
+    out_c, out_v = [], []
+    with torch.no_grad():
+        for start in range(0, m, rows_per_block):
+            sims = xd[start:start + rows_per_block] @ xd.T                    # (B, m)
+            if exclude_self:
+                r = torch.arange(sims.shape[0], device=device)
+                sims[r, r + start] = -torch.inf
+            vals, idx = _stable_topk(sims, local, kk)                         # local column ids
+            out_c.append(idx)
+            out_v.append(vals)
+    cols = torch.cat(out_c).reshape(-1)
+    values = torch.cat(out_v).reshape(-1)
+    rows = local.repeat_interleave(kk)
+    if xs.requires_grad:
+        values = _KeptSimilarities.apply(xs, rows, cols, values)
+    return ids[rows], ids[cols], values
+
+
+def sym_normalize_edges(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
+    """Values of ``D^{-1/2} S D^{-1/2}`` for the edge list ``S`` (``D``: row sums, duplicates summed),
+    differentiable in ``values``; rows whose sum is not positive get zero (the code's ``inf -> 0``)."""
+    deg = torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, rows, values)
+    inv = torch.where(deg > 0, deg.clamp_min(torch.finfo(values.dtype).tiny).rsqrt(), torch.zeros_like(deg))
+    return inv[rows] * values * inv[cols]
+
+
+def merge_edges(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, n_cols: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum duplicate edges: ``(indices (2, nnz) sorted row-major and unique, values)``; ``values`` stay
+    differentiable (an ``index_add``, never a dense matrix)."""
+    key = rows * n_cols + cols
+    uniq, inverse = torch.unique(key, sorted=True, return_inverse=True)
+    merged = values.new_zeros(len(uniq)).index_add(0, inverse, values)
+    return torch.stack([uniq // n_cols, uniq % n_cols]), merged
+
+
+class _EdgeMatmul(torch.autograd.Function):
+    CHUNK = 1 << 18
+
+    @staticmethod
+    def forward(ctx, indices: torch.Tensor, values: torch.Tensor, x: torch.Tensor, n_rows: int) -> torch.Tensor:
+        ctx.save_for_backward(indices, values, x)
+        ctx.n_rows = n_rows
+        a = torch.sparse_coo_tensor(indices, values, (n_rows, x.shape[0]), is_coalesced=True, check_invariants=False)
+        return torch.sparse.mm(a, x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        indices, values, x = ctx.saved_tensors
+        g_values = g_x = None
+        if ctx.needs_input_grad[1]:
+            step = _EdgeMatmul.CHUNK
+            g_values = torch.cat([(grad[indices[0, s:s + step]] * x[indices[1, s:s + step]]).sum(-1)
+                                  for s in range(0, indices.shape[1], step)]) if indices.shape[1] else values.new_zeros(0)
+        if ctx.needs_input_grad[2]:
+            at = torch.sparse_coo_tensor(indices.flip(0), values, (x.shape[0], ctx.n_rows), check_invariants=False)
+            g_x = torch.sparse.mm(at.coalesce(), grad)
+        return None, g_values, g_x, None
+
+
+def edge_matmul(indices: torch.Tensor, values: torch.Tensor, x: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """``A @ x`` for the sparse ``A`` given by merged edges (:func:`merge_edges`), differentiable in
+    ``values`` and ``x``. Unlike ``torch.sparse.mm``'s own backward, whose gradient for the sparse
+    values goes through a dense ``n_rows x n`` product, the value gradient here is computed per edge
+    (``<grad_row, x_col>``, in chunks): O(nnz + n d) memory, the scale of a 1M-item learned graph."""
+    return _EdgeMatmul.apply(indices, values, x, n_rows)

@@ -45,6 +45,7 @@ from ..data.split import History
 from ..data.training import TrainingData
 from ..errors import PrismrecError
 from ..registry import Registry
+from ..search_space import LEARNING_RATE
 
 Batch = dict[str, torch.Tensor]
 
@@ -60,6 +61,14 @@ class Recommender(nn.Module):
     sampler: ClassVar[str] = "bpr"
     trainable: ClassVar[bool] = True
     family: ClassVar[str] = "general"
+    #: hyper-parameters ``prismrec tune`` searches (``prismrec.search_space``): the model's own keys bare,
+    #: ``train.KEY`` for training settings; subclasses declare theirs, with the source, next to their Config
+    search_space: ClassVar[dict[str, Any]] = {"train.learning_rate": LEARNING_RATE}
+
+    @classmethod
+    def resolve_run_settings(cls, params: Any, seed: int) -> None:
+        """Fill settings that follow the run (called once the configuration is resolved); e.g. AlignRec's
+        stage-1 seed follows the run seed unless it is set."""
     min_modalities: ClassVar[int] = 0
     registry_name: ClassVar[str] = ""
     #: family defaults for the train / data sections, applied before config files and overrides

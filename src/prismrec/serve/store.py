@@ -71,7 +71,16 @@ class ItemStore:
             sa.Column("record", sa.Text, nullable=False),
         )
         try:
-            meta.create_all(self.engine)
+            for attempt in range(5):  # service processes starting together race to create the table
+                try:
+                    meta.create_all(self.engine)
+                    break
+                except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError) as exc:
+                    if attempt == 4 or not any(t in str(exc) for t in ("already exists", "duplicate key", "locked")):
+                        raise
+                    import time
+
+                    time.sleep(0.2 * (attempt + 1))
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"cannot open the item store {self.safe_url}: {exc.__class__.__name__}: "
                              f"{str(exc).splitlines()[0]}. Fix: check the --state folder or the --store URL.") from None

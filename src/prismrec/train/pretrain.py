@@ -176,7 +176,7 @@ def pretrain_ant(domains: Sequence[tuple[str, Dataset, Split]], params: Any, tra
     # the reference (non-fused) Adam: pre-trained weights stay those of earlier releases bit for bit
     result = EpochLoop(net, sampler, train, seed, lowest_training_loss(), run_dir=out, checkpoint=PRETRAIN_CHECKPOINT,
                        best=PRETRAIN_WEIGHTS, device=dev, progress=progress, fused_adam=False,
-                       label="pretrain epoch").fit(resume)
+                       label="pretrain epoch", title="pre-training ANT").fit(resume)
     save_torch(out / PRETRAIN_WEIGHTS, {k: v.cpu() for k, v in net.state_dict().items()})
     history = result.history
     epoch_s = [h["train_s"] for h in history]

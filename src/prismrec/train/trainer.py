@@ -103,7 +103,7 @@ class Trainer:
         model.to(self.device)
         t_start = time.perf_counter()
         est = self.memory_estimate()
-        log.info("memory estimate: %s", ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in est.items()))
+        log.debug("memory estimate: %s", ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in est.items()))
         if not model.trainable or cfg.epochs == 0:
             valid, eval_s = self.evaluate_valid()
             hist = [{"epoch": 0, "loss": None, "valid": valid, "train_s": None, "eval_s": eval_s}]
@@ -117,5 +117,6 @@ class Trainer:
         loop = EpochLoop(model, sampler, cfg, self.seed, self.selection(), run_dir=self.run_dir,
                          checkpoint=CHECKPOINT, best=BEST, device=self.device, progress=self.progress,
                          before_epoch=model.on_epoch_start, on_epoch=self.on_epoch,
-                         grad_groups=model.diagnostic_groups() if cfg.log_grad_ratio else None)
+                         grad_groups=model.diagnostic_groups() if cfg.log_grad_ratio else None,
+                         title=f"{model.registry_name or type(model).__name__.lower()} seed {self.seed}")
         return loop.fit(resume)

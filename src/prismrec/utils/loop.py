@@ -29,8 +29,11 @@ The module sits in ``utils``, below ``models``, so a model that fits a sub-netwo
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import math
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +42,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..errors import PrismrecError
-from .io import load_torch, save_torch
+from .io import load_torch, write_bytes
+from .progress import FitLine
 from .runtime import epoch_seed
 
 log = logging.getLogger("prismrec")
@@ -126,13 +129,67 @@ def _grad_norm(params: list[nn.Parameter]) -> float:
     return float(torch.sqrt(torch.stack(sq).sum())) if sq else 0.0
 
 
+class _Writer:
+    """Checkpoint files written on one background thread, in submission order.
+
+    The state is serialised at once (``torch.save`` into memory, so later steps cannot change what is
+    written); the atomic write (temporary file, fsync, rename: :func:`~prismrec.utils.io.write_bytes`)
+    then overlaps the next epoch instead of adding tens of milliseconds to every epoch. Order is kept (a
+    ``best`` file submitted before a checkpoint is on disk before it), at most two files wait (bounded
+    memory), and a failed write is raised in the training thread at the next submission or at ``close``.
+    A killed process loses at most the files still waiting: the previous checkpoint stays whole, and
+    resuming from it replays the same epochs to the same results.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, path: Path, obj: Any) -> None:
+        self._raise()
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="prismrec-checkpoint", daemon=True)
+            self._thread.start()
+        self._queue.put((path, buf.getvalue()))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:
+                    write_bytes(*item)
+            except BaseException as exc:  # noqa: BLE001 - handed to the training thread
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def close(self) -> None:
+        """Wait until every submitted file is written (then raise a write error, if any)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            exc, self._error = self._error, None
+            raise exc
+
+
 class EpochLoop:
     """Fits ``objective`` on ``batches`` for ``cfg.epochs`` epochs; see the module docstring.
 
     Optional: ``run_dir`` (checkpoints; None keeps everything in memory) with the file names
     ``checkpoint`` and ``best``; ``before_epoch(epoch)`` (a model's ``on_epoch_start``); ``grad_groups``
     ``{"id": [...], "feature": [...]}`` (logs the ratio of their gradient norms); ``on_epoch(row)``;
-    ``label`` (the log lines' prefix) and ``log_level``.
+    ``label`` (the log lines' prefix) and ``log_level`` of the per-epoch lines (DEBUG: shown with ``-v``);
+    ``progress`` draws one live line titled ``title`` (:class:`~prismrec.utils.progress.FitLine`).
     """
 
     def __init__(self, objective: nn.Module, batches: Any, cfg: TrainConfig, seed: int, selection: Selection, *,
@@ -141,7 +198,7 @@ class EpochLoop:
                  before_epoch: Callable[[int], None] | None = None,
                  grad_groups: dict[str, list[nn.Parameter]] | None = None,
                  on_epoch: Callable[[dict[str, Any]], None] | None = None,
-                 label: str = "epoch", log_level: int = logging.INFO):
+                 label: str = "epoch", log_level: int = logging.DEBUG, title: str | None = None):
         self.objective, self.batches, self.cfg, self.seed, self.selection = objective, batches, cfg, seed, selection
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.checkpoint, self.best = checkpoint, best
@@ -150,10 +207,29 @@ class EpochLoop:
         self.before_epoch, self.on_epoch = before_epoch, on_epoch
         self.grad_groups = grad_groups if grad_groups and grad_groups.get("id") and grad_groups.get("feature") else None
         self.label, self.log_level = label, log_level
+        self.title = title or label
 
     def fit(self, resume: bool = False) -> TrainResult:
         """Train; the objective ends holding the kept epoch's weights (``resume``: continue from the
         checkpoint in ``run_dir`` when there is one)."""
+        self._writer = _Writer()
+        sel = self.selection
+        self._line = FitLine(self.title, self.cfg.epochs, metric=sel.name, patience=sel.patience, every=sel.every,
+                             enabled=self.progress)
+        try:
+            result = self._fit(resume)
+        except BaseException:
+            self._line.close()
+            try:
+                self._writer.close()  # what was submitted still lands (an interrupted run resumes from it)
+            except Exception:  # noqa: BLE001 - the original error matters more
+                pass
+            raise
+        self._line.close()
+        self._writer.close()
+        return result
+
+    def _fit(self, resume: bool) -> TrainResult:
         cfg, model, sel = self.cfg, self.objective, self.selection
         model.to(self.device)
         state: dict[str, Any] = {"epoch": 0, "best_score": -math.inf if sel.higher_is_better else math.inf,
@@ -193,9 +269,9 @@ class EpochLoop:
                 self.before_epoch(epoch)
             t0 = time.perf_counter()
             total, n_batches, terms, ratios = 0.0, 0, {}, []
-            bar = tqdm(self.batches.epoch(rng, cfg.batch_size, self.device), total=self.batches.n_batches(cfg.batch_size),
-                       desc=f"{self.label} {epoch}", leave=False, disable=not self.progress, dynamic_ncols=True)
-            for batch in bar:
+            line = self._line
+            line.start_epoch(epoch, self.batches.n_batches(cfg.batch_size) if line.enabled else None)
+            for batch in self.batches.epoch(rng, cfg.batch_size, self.device):
                 out = model.loss(batch)
                 if out is None:  # nothing to learn from this batch
                     continue
@@ -220,9 +296,8 @@ class EpochLoop:
                     for k, v in out.items():
                         if k != "loss":
                             terms[k] = terms.get(k, 0.0) + float(v.detach())
-                if n_batches % 10 == 0:
-                    bar.set_postfix(loss=f"{total / n_batches:.4f}")
-            bar.close()
+                if line.enabled:
+                    line.batch(n_batches, total / n_batches)
             sched.step()
             row: dict[str, Any] = {"epoch": epoch, "loss": total / max(n_batches, 1),
                                    **{k: v / max(n_batches, 1) for k, v in terms.items()},
@@ -242,14 +317,16 @@ class EpochLoop:
             state["history"].append(row)
             state["epoch"] = epoch
             state["elapsed"] = state.get("elapsed", 0.0) + (time.perf_counter() - t0)
+            line.end_epoch(epoch, time.perf_counter() - t0, state["best_score"], state["best_epoch"], state["bad"],
+                           row["loss"])
             self._log_epoch(row, state, score if measured else None, list(terms))
             if self.on_epoch:
                 self.on_epoch(row)
             stop = self._stops(state)
             state["stopped_early"] = stop
             if ckpt_path is not None:
-                save_torch(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                       "scheduler": sched.state_dict(), "state": state})
+                self._writer.submit(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                                "scheduler": sched.state_dict(), "state": state})
             if stop:
                 log.log(self.log_level, "early stop: no %s improvement for %d evaluations", sel.name, sel.patience)
                 break
@@ -271,7 +348,7 @@ class EpochLoop:
 
     def _save_best(self, sd: dict[str, torch.Tensor]) -> None:
         if self.run_dir is not None:
-            save_torch(self.run_dir / self.best, sd)
+            self._writer.submit(self.run_dir / self.best, sd)
 
     def _log_epoch(self, row: dict[str, Any], state: dict[str, Any], score: float | None, terms: list[str]) -> None:
         if not log.isEnabledFor(self.log_level):

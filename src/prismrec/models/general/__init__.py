@@ -1,3 +1,3 @@
 """General (non-sequential) top-K recommenders. Importing this package registers them."""
 
-from . import alignrec, bm3, bpr, freedom, lightgcn, lirdrec, pop, vbpr  # noqa: F401
+from . import alignrec, bm3, bpr, freedom, lattice, lgmrec, lightgcn, lirdrec, mentor, mgcn, pop, vbpr  # noqa: F401

@@ -21,6 +21,8 @@ with ``L_reg = 0.5 sum(||z_u||^2 + ||z_i+||^2 + ||z_i-||^2) / batch_size`` (conf
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import hashlib
 import logging
 from typing import Any, Literal
@@ -34,6 +36,7 @@ from ...data.training import TrainingData
 from ...errors import ConfigError
 from ...graphs import SparseOperator, normalized_bipartite, propagate
 from ...graphs.knn import knn_graph
+from ...search_space import LEARNING_RATE, Choice, FloatRange, IntRange
 from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, bpr_loss, l2_norm_reg, l2_sq_reg
 from ..layers import MaskedProjection, id_table, info_nce
 from .alignrec_stage1 import AlignConfig, concat_modalities, train_alignment
@@ -46,6 +49,10 @@ class AlignRec(DotProductRecommender):
     """AlignRec (CIKM'24): stage-1 aligned item feature + ID/content views with CCA, UIA and similarity losses."""
 
     min_modalities = 1
+
+    #: official ALIGNREC.yaml: learning_rate [1e-4 .. 5e-3], cl_loss [1e-4 .. 0.1], sim_weight [0.1 .. 0.5]
+    search_space: ClassVar[dict] = {"train.learning_rate": FloatRange(1e-4, 5e-3, log=True),
+                                    "cl_loss": FloatRange(1e-4, 0.1, log=True), "sim_weight": FloatRange(0.1, 0.5)}
 
     class Config(ModelConfig):
         embedding_size: int = Field(64, ge=1)
@@ -72,7 +79,14 @@ class AlignRec(DotProductRecommender):
         stage1_epochs: int = Field(100, ge=0, description="stage 1: maximum epochs (early-stopped)")
         stage1_learning_rate: float = Field(1e-3, gt=0, description="stage 1: Adam learning rate")
         stage1_temperature: float = Field(0.1, gt=0, description="stage 1: InfoNCE temperature")
-        stage1_seed: int = Field(0, description="stage 1: seed (fixed across run seeds, like a released feature)")
+        stage1_seed: int | None = Field(
+            None, description="stage 1: seed; None (default) = the run seed, so seeds vary stage 1 too (its variance is "
+                              "in the spread); set a number to fix stage 1 across run seeds, like a released feature")
+
+    @classmethod
+    def resolve_run_settings(cls, params: Any, seed: int) -> None:
+        if params.stage1 == "train" and params.stage1_seed is None:
+            params.stage1_seed = seed
 
     def __init__(self, config: Config, data: TrainingData):
         super().__init__(config, data)

@@ -101,9 +101,10 @@ class AlignmentEncoder(nn.Module):
         @classmethod
         def from_prefixed(cls, settings: BaseModel, prefix: str) -> "AlignmentEncoder.Config":
             """The stage-1 settings a model's config holds as ``<prefix><field>`` (AlignRec: ``stage1_dim``, ...);
-            the fields it does not hold keep their defaults."""
+            the fields it does not hold (or holds as None) keep their defaults."""
             values = {name[len(prefix):]: getattr(settings, name) for name in type(settings).model_fields
-                      if name.startswith(prefix) and name[len(prefix):] in cls.model_fields}
+                      if name.startswith(prefix) and name[len(prefix):] in cls.model_fields
+                      and getattr(settings, name) is not None}  # None: the default (AlignRec: the run seed)
             return cls(**values)
 
     def __init__(self, modalities: dict[str, Modality], dim: int, hidden: int):

@@ -19,6 +19,8 @@ code ``enoche/BM3`` = MMRec ``src/models/bm3.py``. Batches are (user, positive i
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from pydantic import Field
 from torch import nn
@@ -26,6 +28,7 @@ from torch.nn import functional as F
 
 from ...data.training import TrainingData
 from ...graphs import SparseOperator, normalized_bipartite, propagate
+from ...search_space import LEARNING_RATE, Choice, FloatRange, IntRange
 from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, l2_norm_reg
 from ..layers import ModalityProjections, id_table
 
@@ -41,6 +44,10 @@ class BM3(DotProductRecommender):
 
     sampler = "positives"
     min_modalities = 1
+
+    #: MMRec BM3.yaml: n_layers [1, 2], dropout [0.3, 0.5], reg_weight [0.1, 0.01] (cl_weight fixed)
+    search_space: ClassVar[dict] = {"train.learning_rate": LEARNING_RATE, "n_layers": IntRange(1, 2),
+                                    "dropout": Choice((0.3, 0.5)), "reg_weight": Choice((0.1, 0.01))}
 
     class Config(ModelConfig):
         embedding_size: int = Field(64, ge=1, description="ID embeddings, feature projections and predictor")

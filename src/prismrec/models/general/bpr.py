@@ -7,6 +7,8 @@ Cornac's BPR); loss ``-log sigmoid(s(u,i) - s(u,j))`` over sampled triples (Eq. 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from typing import Literal
 
 import torch
@@ -14,6 +16,7 @@ from pydantic import Field
 from torch import nn
 
 from ...data.training import TrainingData
+from ...search_space import LEARNING_RATE, Choice, FloatRange, IntRange
 from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, bpr_loss, l2_norm_reg, l2_sq_reg
 from ..layers import id_table
 
@@ -21,6 +24,11 @@ from ..layers import id_table
 @MODELS.register("bpr", aliases=("bprmf", "mf"))
 class BPR(DotProductRecommender):
     """Matrix factorisation with the BPR loss; see the module docstring."""
+
+    #: MMRec configs/model/BPR.yaml: reg_weight in [2.0 .. 1e-5]; both regulariser forms (docs/models/bpr.md)
+    search_space: ClassVar[dict] = {"train.learning_rate": LEARNING_RATE,
+                                    "reg_weight": FloatRange(1e-5, 2.0, log=True),
+                                    "reg_type": Choice(("mmrec", "l2"))}
 
     class Config(ModelConfig):
         embedding_size: int = Field(64, ge=1)

@@ -17,6 +17,8 @@ Recommendation", ACM MM 2023; official code ``enoche/FREEDOM`` = MMRec ``src/mod
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from typing import Any, Literal
 
 import numpy as np
@@ -28,6 +30,7 @@ from torch import nn
 from ...data.training import TrainingData
 from ...graphs import SparseOperator, normalized_bipartite, propagate
 from ...graphs.knn import modality_weights, multimodal_knn_graph
+from ...search_space import LEARNING_RATE, Choice, FloatRange, IntRange
 from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, bpr_loss
 from ..layers import ModalityProjections, id_table
 
@@ -47,6 +50,12 @@ class FREEDOM(DotProductRecommender):
     """FREEDOM: frozen kNN item graph + degree-sensitive edge pruning; see the module docstring."""
 
     min_modalities = 1
+
+    #: MMRec FREEDOM.yaml: dropout [0.8, 0.9], reg_weight [0, 1e-5, 1e-4, 1e-3]; the image graph's weight is
+    #: searched (FREEDOM.yaml fixes 0.1) so that no modality's share is set by its name
+    search_space: ClassVar[dict] = {"train.learning_rate": LEARNING_RATE, "dropout": Choice((0.8, 0.9)),
+                                    "reg_weight": Choice((0.0, 1e-5, 1e-4, 1e-3)),
+                                    "mm_image_weight": FloatRange(0.05, 0.95)}
 
     class Config(ModelConfig):
         embedding_size: int = Field(64, ge=1, description="ID embeddings and feature projections")

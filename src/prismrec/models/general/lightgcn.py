@@ -8,6 +8,8 @@ BPR loss on the propagated embeddings and L2 on the layer-0 embeddings of the ba
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from typing import Literal
 
 import torch
@@ -16,6 +18,7 @@ from torch import nn
 
 from ...data.training import TrainingData
 from ...graphs import SparseOperator, normalized_bipartite, propagate
+from ...search_space import LEARNING_RATE, Choice, FloatRange, IntRange
 from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, bpr_loss, l2_norm_reg, l2_sq_reg
 from ..layers import id_table
 
@@ -23,6 +26,11 @@ from ..layers import id_table
 @MODELS.register("lightgcn", aliases=("lgcn",))
 class LightGCN(DotProductRecommender):
     """LightGCN with BPR; see the module docstring."""
+
+    #: MMRec LightGCN.yaml: n_layers [1, 2, 3, 4], reg_weight [1e-2 .. 1e-6]; both regulariser forms
+    search_space: ClassVar[dict] = {"train.learning_rate": LEARNING_RATE, "n_layers": IntRange(1, 4),
+                                    "reg_weight": FloatRange(1e-6, 1e-2, log=True),
+                                    "reg_type": Choice(("mmrec", "l2"))}
 
     class Config(ModelConfig):
         embedding_size: int = Field(64, ge=1)

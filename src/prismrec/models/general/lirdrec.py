@@ -22,6 +22,8 @@ baseline) so the gradient-bias argument can be measured with the trainer's id/fe
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import math
 from typing import Any, Literal
 
@@ -37,6 +39,7 @@ from ...data.training import TrainingData
 from ...errors import ConfigError
 from ...graphs import SparseOperator, normalized_bipartite, propagate
 from ...registry import suggest
+from ...search_space import LEARNING_RATE, Choice, FloatRange, IntRange
 from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, bpr_loss
 from ..layers import MaskedProjection, feature_tables
 from ...graphs.knn import modality_weights, multimodal_knn_graph
@@ -117,6 +120,13 @@ class LIRDRec(DotProductRecommender):
 
     min_modalities = 1
 
+    #: official LIRDRec.yaml: lr 1e-4 (one value: searched around it), n_ui_layers [2, 3, 4], mm_image_weight
+    #: [0.1, 0.2] (widened: any modality may dominate), reg_weight [1e-2, 1e-3, 1e-4], decay_weight [0.9, 0.95, 0.99]
+    search_space: ClassVar[dict] = {"train.learning_rate": FloatRange(3e-5, 3e-3, log=True),
+                                    "n_ui_layers": IntRange(2, 4), "mm_image_weight": FloatRange(0.05, 0.95),
+                                    "reg_weight": FloatRange(1e-4, 1e-2, log=True),
+                                    "decay_weight": Choice((0.9, 0.95, 0.99))}
+
     class Config(ModelConfig):
         embedding_size: int = Field(64, ge=1, description="d: width of each channel (final vectors: channels x d)")
         hidden_size: int | None = Field(None, ge=1, description="hidden width of the item MLPs; None = 4 x d (code)")
@@ -164,6 +174,7 @@ class LIRDRec(DotProductRecommender):
         if config.dct_mode == "2d":  # rows of the 2-D spectrum are frequencies, not items
             blocks[:] = False
         self.register_buffer("shared_missing_blocks", torch.from_numpy(blocks.astype(np.float32)), persistent=False)
+        self._any_missing_block = bool(blocks.any())  # none: the missing-block term is exactly zero, skipped
         self.shared = nn.Sequential(nn.Linear(spectra.shape[1], hidden), nn.LeakyReLU(),
                                     nn.Linear(hidden, d, bias=False))
         self.shared_missing = nn.Parameter(torch.zeros(len(mods), hidden))
@@ -205,7 +216,9 @@ class LIRDRec(DotProductRecommender):
         """
         out = [self.projections[n](t.values, t.available) for n, t in self.features.items()]
         lin, act, last = self.shared
-        hidden = lin(self.shared_input) + self.shared_missing_blocks @ self.shared_missing
+        hidden = lin(self.shared_input)
+        if self._any_missing_block:
+            hidden = hidden + self.shared_missing_blocks @ self.shared_missing
         out.append(last(act(hidden)))
         x = torch.stack(out, dim=1)
         if self.item_id_embedding is not None:
@@ -222,8 +235,9 @@ class LIRDRec(DotProductRecommender):
     def forward(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Final (users ``(U, C·d)``, items ``(I, C·d)``, PWC weights ``(U, C)``); see the module docstring."""
         n_u, n_ch, d = self.n_users, len(self.channels), self.config.embedding_size
-        h = self.propagated()
-        users, items = h[:n_u].view(n_u, n_ch, d), h[n_u:]
+        # split, not two slices: the backward of a slice zero-fills a (U + I)-row gradient and adds the two
+        users, items = torch.split(self.propagated(), [n_u, self.n_items])
+        users = users.view(n_u, n_ch, d)
         hop = items
         for _ in range(self.config.n_mm_layers):
             hop = self.item_adj(hop)

@@ -14,6 +14,8 @@ class Pop(DotProductRecommender):
 
     trainable = False
 
+    search_space = {}  # nothing to tune
+
     class Config(ModelConfig):
         pass
 

@@ -19,6 +19,8 @@ that FREEDOM and BM3 use as well.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import math
 
 import torch
@@ -26,6 +28,7 @@ from pydantic import Field
 from torch import nn
 
 from ...data.training import TrainingData
+from ...search_space import LEARNING_RATE, Choice, FloatRange, IntRange
 from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, bpr_loss, l2_norm_reg
 from ..layers import ModalityProjections, id_table
 
@@ -35,6 +38,10 @@ class VBPR(DotProductRecommender):
     """VBPR as in MMRec: [ID ; projected features] items, 2d users, BPR; see the module docstring."""
 
     min_modalities = 1
+
+    #: MMRec configs/model/VBPR.yaml: reg_weight [2.0, 1.0, 0.1, .., 1e-5] (docs/models/vbpr.md)
+    search_space: ClassVar[dict] = {"train.learning_rate": LEARNING_RATE,
+                                    "reg_weight": FloatRange(1e-5, 2.0, log=True)}
 
     class Config(ModelConfig):
         embedding_size: int = Field(64, ge=1, description="d: size of gamma_i and of E f_i (users have 2d)")

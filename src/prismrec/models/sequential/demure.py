@@ -35,6 +35,8 @@ Scoring is plain SASRec-F: the views only shape training.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,6 +45,7 @@ from pydantic import Field
 from torch import nn
 
 from ...data.training import TrainingData
+from ...search_space import LEARNING_RATE, Choice, FloatRange, IntRange
 from ..base import MODELS, Batch
 from .attribution import contributions
 from .base import PAD
@@ -66,6 +69,10 @@ class NoiseMarks:
 @MODELS.register("demure")
 class Demure(SASRecF):
     """SASRec-F trained with Demure-style (reconstructed) modality denoising contrastive learning."""
+
+    #: research note grids (not confirmed in code): cl_weight {0.01, 0.05, 0.1, 0.5}, tau {0.1, 0.2, 0.5}
+    search_space: ClassVar[dict] = {"train.learning_rate": LEARNING_RATE, "cl_weight": Choice((0.01, 0.05, 0.1, 0.5)),
+                                    "tau": Choice((0.1, 0.2, 0.5))}
 
     class Config(SASRecF.Config):
         noise_ratio: float = Field(

@@ -13,12 +13,15 @@ enters the recurrent state. The GRU is causal, so windows train every prefix in 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from pydantic import Field
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ...data.training import TrainingData
+from ...search_space import LEARNING_RATE, Choice, FloatRange, IntRange
 from ..base import MODELS
 from .base import PAD, SequentialConfig, SequentialRecommender
 from .layers import ItemTokens
@@ -27,6 +30,10 @@ from .layers import ItemTokens
 @MODELS.register("gru4rec")
 class GRU4Rec(SequentialRecommender):
     """Recurrent next-item model on item ids."""
+
+    #: RecBole grid not confirmed (docs/models/gru4rec.md): our space around the RecBole defaults
+    search_space: ClassVar[dict] = {"train.learning_rate": LEARNING_RATE, "n_layers": IntRange(1, 2),
+                                    "dropout": FloatRange(0.1, 0.5)}
 
     class Config(SequentialConfig):
         hidden_size: int = Field(128, ge=1, description="GRU state size (RecBole default 128)")

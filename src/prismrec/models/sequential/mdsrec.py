@@ -31,6 +31,8 @@ score (fused head and modality heads), not only the fused head.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import logging
 from typing import Literal
 
@@ -45,6 +47,7 @@ from ...data.training import TrainingData
 from ...errors import ConfigError
 from ...graphs.knn import knn, modality_weights
 from ...graphs.sparse import SparseOperator
+from ...search_space import LEARNING_RATE, Choice, FloatRange, IntRange
 from ..base import MODELS, Batch
 from .base import PAD, SequentialConfig, SequentialRecommender
 
@@ -249,6 +252,11 @@ class Block(nn.Module):
 @MODELS.register("mdsrec")
 class MDSRec(SequentialRecommender):
     """Per-modality relation graphs, interest-centralised attention, fused and per-modality heads."""
+
+    #: SGP4SR code fixes every value (no grid): dropout [0.3, 0.5] (validated in docs/models/mdsrec.md) and the
+    #: image branch's weight (code mb 0.1) are searched with the learning rate
+    search_space: ClassVar[dict] = {"train.learning_rate": LEARNING_RATE, "dropout": Choice((0.3, 0.5)),
+                                    "image_weight": FloatRange(0.05, 0.95)}
 
     class Config(SequentialConfig):
         variant: Literal["mdsrec", "sgp4sr"] = Field(

@@ -14,11 +14,14 @@ projection of its frozen feature (a learned "missing" vector where the feature i
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from pydantic import Field
 from torch import nn
 
 from ...data.training import TrainingData
+from ...search_space import LEARNING_RATE, Choice, FloatRange, IntRange
 from ..base import MODELS
 from .base import SequentialConfig, SequentialRecommender
 from .layers import CausalTransformer, ItemTokens
@@ -27,6 +30,10 @@ from .layers import CausalTransformer, ItemTokens
 @MODELS.register("sasrec")
 class SASRec(SequentialRecommender):
     """Self-attentive sequential recommendation on item ids."""
+
+    #: RecBole/UniSRec grids not confirmed (docs/models/sasrec.md): our space around the RecBole defaults
+    search_space: ClassVar[dict] = {"train.learning_rate": LEARNING_RATE, "n_layers": IntRange(1, 3),
+                                    "dropout": FloatRange(0.1, 0.5)}
 
     class Config(SequentialConfig):
         n_layers: int = Field(2, ge=1)

@@ -1,0 +1,216 @@
+"""prismrec tune on Optuna (prismrec.study): TPE finds the known best region, pruning stops weak trials,
+two workers share one journal (or one PostgreSQL database) without running a trial twice, and a study
+resumes after SIGKILL of a worker. Training is a stand-in with a known optimum (as in test_tune.py), so
+every test takes seconds."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna", reason="optuna is not installed (pip install 'prismrec[tune]')")
+
+from prismrec import study as study_module  # noqa: E402
+from prismrec.search_space import Choice, FloatRange, IntRange, model_space, parse_space  # noqa: E402
+from prismrec.study import StudySpec, load_spec, open_study, run_worker, tune_study, write_spec  # noqa: E402
+
+from conftest import cli_env  # noqa: E402
+
+# the stand-in's validation value: best at learning rate 10^-2.5 and n_layers 2
+STAND_IN = '''
+import json, math, os, time
+from pathlib import Path
+from types import SimpleNamespace
+
+
+def score(overrides):
+    lr = overrides.get("train.learning_rate", 1e-3)
+    layers = overrides.get("lightgcn.n_layers", 2)
+    return 0.5 - 0.1 * (math.log10(lr) + 2.5) ** 2 - 0.05 * (layers - 2) ** 2
+
+
+def make_fake(sleep=0.0, epochs=3, log=None):
+    def train_run(model, data, out, *, overrides, seed, on_epoch=None, resume=False, test=True, **kw):
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "started").write_text("")  # as a real run's config.yaml: the folder is not empty once started
+        if log is not None:
+            with open(log, "a") as f:
+                f.write(json.dumps({"dir": out.parent.name, "pid": os.getpid(), "resume": bool(resume)}) + "\\n")
+        value = score(overrides)
+        for epoch in range(1, epochs + 1):
+            time.sleep(sleep)
+            if on_epoch:
+                on_epoch({"epoch": epoch, "valid": {"recall@20": value * epoch / epochs}})
+        m = {"model": model, "best_epoch": epochs, "epochs_run": epochs, "valid": {"recall@20": value},
+             "test": {}, "test_skipped": not test}
+        (out / "metrics.json").write_text(json.dumps(m))
+        return SimpleNamespace(metrics=m)
+    return train_run
+'''
+ns: dict = {}
+exec(STAND_IN, ns)
+make_fake, score = ns["make_fake"], ns["score"]
+
+WORKER = '''
+import sys
+sys.path.insert(0, {here!r})
+from prismrec import study
+exec(open({stand_in!r}).read())
+study.train_run = make_fake(sleep={sleep}, log={log!r})
+study.run_worker(sys.argv[1], int(sys.argv[2]))
+'''
+
+
+def lightgcn_space():
+    return model_space("lightgcn", parse_space(["learning_rate=loguniform(1e-4,1e-1)", "n_layers=int(1,4)",
+                                                "reg_weight=none", "reg_type=none"]))
+
+
+def spec_for(out: Path, folder: Path, **kw) -> StudySpec:
+    base = dict(model="lightgcn", data=str(folder), space=lightgcn_space(), storage=str(out / "study.journal"),
+                study_name="t", trials=6, prune=False, select="recall@20")
+    base.update(kw)
+    return StudySpec(**base)
+
+
+def start_worker(tmp: Path, out: Path, worker_id: int, sleep: float, log: Path) -> subprocess.Popen:
+    (tmp / "stand_in.py").write_text(STAND_IN)
+    script = tmp / "worker.py"
+    script.write_text(WORKER.format(here=str(Path(__file__).parent), stand_in=str(tmp / "stand_in.py"), sleep=sleep,
+                                    log=str(log)))
+    return subprocess.Popen([sys.executable, str(script), str(out), str(worker_id)], env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=open(tmp / f"worker-{worker_id}.err", "w"))
+
+
+def counts(out: Path, storage: str | None = None) -> dict[str, int]:
+    spec = load_spec(out)
+    if storage:
+        spec.storage = storage
+    st = open_study(spec)
+    c: dict[str, int] = {}
+    for t in st.get_trials(deepcopy=False):
+        c[t.state.name] = c.get(t.state.name, 0) + 1
+    return c
+
+
+# ------------------------------------------------------------------------------------------------------
+def test_spaces_parse_and_every_model_searches_the_learning_rate():
+    sp = parse_space(["learning_rate=loguniform(1e-4,1e-2)", "n_layers=[1,2,3]", "dropout=uniform(0,0.5)",
+                      "knn_k=int(5,20,5)", "reg_weight=none"])
+    assert sp["learning_rate"] == FloatRange(1e-4, 1e-2, log=True) and sp["n_layers"] == Choice((1, 2, 3))
+    assert sp["knn_k"] == IntRange(5, 20, 5) and sp["reg_weight"] is None
+    space = model_space("lightgcn", {k: sp[k] for k in ("learning_rate", "n_layers", "reg_weight")})
+    assert "reg_weight" not in space and space["train.learning_rate"].log and space["n_layers"] == Choice((1, 2, 3))
+    from prismrec.models import MODELS
+    for name in MODELS.names():
+        if MODELS.get(name).trainable:
+            assert "train.learning_rate" in model_space(name), name
+    assert "mm_image_weight" in model_space("freedom") and "mm_image_weight" in model_space("lirdrec")
+
+
+def test_tpe_finds_the_known_best_region_and_scores_no_test(mmrec_folder, tmp_path, monkeypatch):
+    folder, _ = mmrec_folder
+    calls = []
+    fake = make_fake()
+    monkeypatch.setattr(study_module, "train_run", lambda *a, **k: calls.append(k) or fake(*a, **k))
+    res = tune_study("lightgcn", str(folder), tmp_path / "s", space={"reg_weight": None, "reg_type": None,
+                                                                      "learning_rate": FloatRange(1e-4, 1e-1, True)},
+                     trials=30, final_seeds=(), prune=False)
+    assert math.log10(res.best_params["train.learning_rate"]) == pytest.approx(-2.5, abs=0.5)
+    assert res.best_params["n_layers"] == 2
+    assert all(k["test"] is False for k in calls)  # trials record validation only
+    assert "test" not in (tmp_path / "s" / "trials.csv").read_text().split("\n")[0]
+    assert len(res.trials) == 30
+
+
+def test_pruning_stops_clearly_worse_trials_early(mmrec_folder, tmp_path, monkeypatch):
+    folder, _ = mmrec_folder
+
+    def train_run(model, data, out, *, overrides, seed, on_epoch=None, **kw):
+        out.mkdir(parents=True, exist_ok=True)
+        good = overrides["lightgcn.n_layers"] >= 3
+        for epoch in range(1, 11):
+            on_epoch({"epoch": epoch, "valid": {"recall@20": (0.5 if good else 0.01) + 0.001 * epoch}})
+        m = {"best_epoch": 10, "epochs_run": 10, "valid": {"recall@20": 0.51 if good else 0.02}}
+        return type("R", (), {"metrics": m})()
+
+    monkeypatch.setattr(study_module, "train_run", train_run)
+    res = tune_study("lightgcn", str(folder), tmp_path / "p", space={"reg_weight": None, "reg_type": None,
+                                                                      "learning_rate": None},
+                     trials=12, final_seeds=(), prune=True, prune_startup=2, prune_warmup=1)
+    t = res.trials
+    pruned = t[t["state"] == "pruned"]
+    assert len(pruned) >= 1
+    assert (pruned["param_n_layers"] < 3).all() and (pruned["epochs_run"] < 10).all()
+    for d in pruned["run_dir"]:
+        assert (Path(d) / "seed-0" / "pruned.json").is_file()  # the pruned run is kept and marked
+    saved = 1 - t["epochs_run"].sum() / (10 * len(t))
+    assert saved > 0
+
+
+def _check_two_workers(out: Path, log: Path, trials: int, storage: str | None = None) -> None:
+    c = counts(out, storage)
+    assert c.get("COMPLETE", 0) == trials and c.get("RUNNING", 0) == 0, c
+    runs = [json.loads(line) for line in log.read_text().splitlines()]
+    dirs = [r["dir"] for r in runs]
+    assert len(dirs) == len(set(dirs)) == trials  # no trial trained twice
+    assert len({r["pid"] for r in runs}) == 2  # both workers took part
+
+
+def test_two_workers_on_one_journal_never_run_the_same_trial(mmrec_folder, tmp_path):
+    folder, _ = mmrec_folder
+    out = tmp_path / "j"
+    write_spec(out, spec_for(out, folder, trials=6))
+    log = tmp_path / "runs.log"
+    procs = [start_worker(tmp_path, out, i, 0.15, log) for i in range(2)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, (tmp_path / "worker-0.err").read_text()[-2000:]
+    _check_two_workers(out, log, 6)
+
+
+def test_a_study_resumes_after_sigkill_of_a_worker(mmrec_folder, tmp_path, monkeypatch):
+    folder, _ = mmrec_folder
+    out = tmp_path / "k"
+    write_spec(out, spec_for(out, folder, trials=4))
+    log = tmp_path / "runs.log"
+    proc = start_worker(tmp_path, out, 0, 0.4, log)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < 2):
+        time.sleep(0.1)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)  # mid-trial: trial 1 is RUNNING
+    proc.wait()
+    assert counts(out).get("RUNNING") == 1
+    monkeypatch.setattr(study_module, "train_run", make_fake(log=str(log)))
+    run_worker(out)  # resume: the dead worker's trial is failed and queued again, the budget completed
+    spec = load_spec(out)
+    st = open_study(spec)
+    states = [t.state.name for t in st.get_trials()]
+    assert states.count("FAIL") == 1 and states.count("COMPLETE") == 4 and "RUNNING" not in states
+    failed = next(t for t in st.get_trials() if t.state.name == "FAIL")
+    retry = [t for t in st.get_trials() if t.user_attrs.get("retry_of") == failed.number]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == failed.params
+    runs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any(r["dir"] == f"trial-{failed.number:04d}" and r["resume"] for r in runs)  # continued, not restarted
+
+
+def test_two_workers_share_one_postgresql_study(mmrec_folder, tmp_path, postgres_url):
+    pytest.importorskip("sqlalchemy")
+    folder, _ = mmrec_folder
+    out = tmp_path / "pg"
+    write_spec(out, spec_for(out, folder, trials=6, storage=postgres_url, study_name=f"pg-{os.getpid()}"))
+    log = tmp_path / "runs.log"
+    procs = [start_worker(tmp_path, out, i, 0.15, log) for i in range(2)]
+    for i, p in enumerate(procs):
+        assert p.wait(timeout=120) == 0, (tmp_path / f"worker-{i}.err").read_text()[-2000:]
+    _check_two_workers(out, log, 6)
