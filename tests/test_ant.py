@@ -246,6 +246,23 @@ def test_cli_pretrain_adapt_report(pretrained_dir, tmp_path):
     assert {row["strategy"] for row in rows} == {"relearn"} and len(rows) == 4
 
 
+def test_pretraining_on_one_dataset_needs_no_encoder_declaration(tmp_path):
+    """Nothing to mix: a single source whose features.json records no encoder pre-trains as it is; its space
+    stays 'unknown', so adapting it to another dataset is the check that asks for a declaration."""
+    bare = _save(_domain("solo", 3), tmp_path)
+    (bare / "features.json").unlink()
+    small = ["max_len=8", "embedding_size=16", "n_experts=2", "train.threads=1"]
+    meta = pretrain([str(bare)], tmp_path / "p", epochs=1, overrides=small)
+    assert meta["modalities"]["text"]["encoder"] == "unknown" and (tmp_path / "p" / "model.pt").is_file()
+    with pytest.raises(PrismrecError, match="records no encoder"):
+        adapt(tmp_path / "p", _domain("tgt", 4), "relearn", None, epochs=0)
+    # two sources, one of them unrecorded: still refused (test_cli_pretrain_adapt_report runs it on the CLI)
+    with pytest.raises(PrismrecError, match="records no encoder"):
+        check_same_spaces({"a": {"text": {"encoder": "unknown", "dim": 12}},
+                           "b": {"text": {"encoder": "toy-text", "dim": 12}}})
+    assert check_same_spaces({"a": {"text": {"encoder": "unknown", "dim": 12}}})["text"]["dim"] == 12
+
+
 def test_declared_encoder_is_recorded(tmp_path):
     bare = _save(_domain("bare", 3), tmp_path)
     (bare / "features.json").unlink()

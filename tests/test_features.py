@@ -110,6 +110,28 @@ def test_npy_output_lands_in_the_dataset_folder_with_mask_and_manifest(tmp_path)
     assert resolve_encoder_spec(mod.provenance) == ("text", "counting-bow")
 
 
+def test_out_folder_gets_the_modality_file(tmp_path):
+    """--out DIR (a folder, DIR/, or a name without suffix): DIR/<modality>_feat.npy for a whole dataset in order,
+    DIR/<modality>.npz for an item table or --limit; a file name is kept as given."""
+    from prismrec.features.extract import output_path
+
+    folder, _ = write_mmrec(tmp_path / "data", n_items=20)
+    pd.DataFrame({"itemID": range(20), "price": [1.0 + i for i in range(20)]}).to_csv(folder / "items.tsv",
+                                                                                     sep="\t", index=False)
+    r = run_cli("features", "--data", str(folder), "--modality", "price", "--out", f"{tmp_path / 'feats'}/")
+    assert r.returncode == 0, str(r)
+    out = tmp_path / "feats"
+    assert {"price_feat.npy", "price_available.npy", "price_feat.npy.manifest.json", "features.json"} <= \
+        {p.name for p in out.iterdir()}
+    assert np.load(out / "price_feat.npy").shape == (20, 11) and f"wrote {out / 'price_feat.npy'}" in r.stdout
+    # the folder now exists: without the slash it is still the folder; an item table gets an id-keyed file
+    assert output_path(out, "price", row_aligned=True) == out / "price_feat.npy"
+    assert output_path(out, "text", row_aligned=False) == out / "text.npz"
+    assert output_path(tmp_path / "new", "image", row_aligned=True) == tmp_path / "new" / "image_feat.npy"
+    assert output_path(tmp_path / "f.npz", "text", row_aligned=True) == tmp_path / "f.npz"
+    assert output_path(str(tmp_path / "d") + "/", "text", row_aligned=False) == tmp_path / "d" / "text.npz"
+
+
 def test_read_items_and_column_choice(tmp_path):
     p = tmp_path / "items.csv"
     pd.DataFrame({"asin": ["a", "b"], "title": ["x", "y"], "imUrl": ["p.jpg", ""]}).to_csv(p, index=False)

@@ -24,7 +24,8 @@ def _block_logsumexp(a: torch.Tensor, c: torch.Tensor, inv_t: float) -> torch.Te
 
 
 def full_info_nce(anchors: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, temperature: float,
-                  reduction: Literal["mean", "sum", "none"] = "mean", block_bytes: int = BLOCK_BYTES) -> torch.Tensor:
+                  reduction: Literal["mean", "sum", "none"] = "mean",
+                  block_bytes: int = BLOCK_BYTES) -> torch.Tensor:
     """InfoNCE of ``anchors`` (n, d) against every row of ``table`` (N, d), row ``targets[r]`` positive:
 
     ``l_r = -log( exp(cos(a_r, t_{y_r})/τ) / Σ_{c=1..N} exp(cos(a_r, t_c)/τ) )``

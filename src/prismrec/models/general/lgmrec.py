@@ -9,7 +9,8 @@ official code (see docs/models/lgmrec.md), for modalities ``m = 1..M`` (the code
 * collaborative graph embedding (CGE): ``E_c = mean_{l=0..n_ui_layers} Â^l [E_u; E_i]`` (LightGCN on the
   ID embeddings, ``Â = D^{-1/2} A D^{-1/2}``; ``cf_model="mf"``: ``E_c = [E_u; E_i]``);
 * modality graph embedding (MGE): ``x_i^m = W_m f_i^m`` (frozen features, no bias), users the mean of
-  their items ``x_u^m = (1/|N_u|) Σ_{i∈N_u} x_i^m``, then ``E_m = Â^{n_mm_layers} [X_U^m; X_I^m]`` (the last layer);
+  their items ``x_u^m = (1/|N_u|) Σ_{i∈N_u} x_i^m``, then ``E_m = Â^{n_mm_layers} [X_U^m; X_I^m]`` (the last
+  layer);
 * local embeddings: ``E_local = E_c + Σ_m normalize(E_m)``;
 * global hypergraph embedding (GHE): hyperedge dependencies ``H_i^m = f_i^m V_m`` (items x ``hyper_num``),
   ``H_u^m = R H_i^m`` (``R`` the binary interactions), each turned into soft assignments by
@@ -17,8 +18,9 @@ official code (see docs/models/lgmrec.md), for modalities ``m = 1..M`` (the code
   ``n_hyper_layer`` rounds of ``Λ = (H_i^m)^T Y``, ``Y ← H_i^m Λ`` from ``Y = E_c^{items}``, and users
   ``G_u^m = H_u^m Λ`` (with the last ``Λ``); ``E_g = Σ_m [G_u^m; G_i^m]``;
 * fusion: ``E = E_local + alpha · normalize(E_g)``; ``ŷ_ui = e_u · e_i``;
-* loss: ``BPR + cl_weight · L_hcl + reg_weight · (‖e_u‖ + ‖e_i⁺‖ + ‖e_i⁻‖) / batch``, with the hypergraph
-  contrast ``L_hcl = Σ_{u∈batch} -log softmax_{v∈U}(cos(g_u^a, g_v^b)/τ)_u + Σ_{i∈pos} (same over items)``
+* loss: ``BPR + cl_weight · L_hcl + reg_weight · (‖e_u‖ + ‖e_i⁺‖ + ‖e_i⁻‖) / batch``, with the
+  hypergraph contrast ``L_hcl = Σ_{u∈batch} -log softmax_{v∈U}(cos(g_u^a, g_v^b)/τ)_u + Σ_{i∈pos} (the
+  same over items)``
   between the global embeddings of modalities ``a`` and ``b`` (image → text in the code), every user /
   item of the catalogue a negative (:func:`~prismrec.models.contrastive.full_info_nce`).
 
@@ -74,8 +76,8 @@ class LGMRec(DotProductRecommender):
         hyper_num: int = Field(4, ge=1, description="hyperedges per modality")
         keep_rate: float = Field(0.5, gt=0, le=1, description="1 - dropout on the hyperedge assignments")
         alpha: float = Field(0.3, ge=0, description="weight of the global (hypergraph) embeddings")
-        cl_weight: float = Field(1e-4, ge=0, description="weight of the hypergraph contrast (summed over the batch)")
-        reg_weight: float = Field(1e-6, ge=0, description="weight of the norm term on the batch's final embeddings")
+        cl_weight: float = Field(1e-4, ge=0, description="weight of the hypergraph contrast (a batch sum)")
+        reg_weight: float = Field(1e-6, ge=0, description="weight of the norm term on the batch's embeddings")
         tau: float = Field(0.2, gt=0, description="Gumbel-softmax and contrast temperature (hard-coded 0.2)")
         score_hyperedges: Literal["softmax", "gumbel"] = Field(
             "softmax", description="hyperedge assignments when scoring: softmax(H/tau), or one Gumbel draw "
@@ -97,7 +99,8 @@ class LGMRec(DotProductRecommender):
         self.adj = SparseOperator(normalized_bipartite(data.train), symmetric=True)
         self.r = SparseOperator(data.train, symmetric=False)
         deg = np.asarray(data.train.sum(axis=1), dtype=np.float32).ravel()
-        self.register_buffer("_inv_user_degree", torch.from_numpy(1.0 / (deg + 1e-7)).unsqueeze(1), persistent=False)
+        self.register_buffer("_inv_user_degree", torch.from_numpy(1.0 / (deg + 1e-7)).unsqueeze(1),
+                             persistent=False)
         self.pairs = list(combinations(names, 2))
 
     # ------------------------------------------------------------------------------------------- model

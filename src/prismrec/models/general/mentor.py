@@ -50,7 +50,8 @@ class FeatureMLPs(nn.Module):
     """Frozen feature tables and one ``Linear → LeakyReLU → Linear`` per modality (missing items: a
     learned vector); ``self(name, items)`` projects the rows ``items`` (all rows when None)."""
 
-    def __init__(self, modalities: dict[str, Modality], out_dim: int, hidden: int, tables: nn.ModuleDict | None = None):
+    def __init__(self, modalities: dict[str, Modality], out_dim: int, hidden: int,
+                 tables: nn.ModuleDict | None = None):
         super().__init__()
         self.names = sorted(modalities)
         self._tables = [tables if tables is not None else feature_tables(modalities, self.names)]
@@ -87,8 +88,8 @@ class MENTOR(DotProductRecommender):
     defaults = {"train": {"learning_rate": 1e-4}}
 
     class Config(ModelConfig):
-        embedding_size: int = Field(64, ge=1, description="encoder output per modality (the code's dim_latent = 64)")
-        n_ui_layers: int = Field(2, ge=0, description="user-item graph layers of each encoder (hard-coded 2; sum)")
+        embedding_size: int = Field(64, ge=1, description="encoder width per modality (the code's dim_latent)")
+        n_ui_layers: int = Field(2, ge=0, description="user-item layers per encoder (hard-coded 2; sum)")
         knn_k: int = Field(10, ge=1, description="neighbours per item in each modality's item graph")
         n_mm_layers: int = Field(1, ge=0, description="propagation rounds on the item semantic graph")
         mm_image_weight: float = Field(0.1, ge=0, le=1, description="weight of the 'image' item graph")
@@ -96,15 +97,15 @@ class MENTOR(DotProductRecommender):
             "image", description="'image': mm_image_weight for 'image', the rest shared; 'equal': 1/M")
         reg_weight: float = Field(1e-3, ge=0, description="weight of the preference / modality-weight L2 term")
         align_weight: float = Field(0.1, ge=0, description="lambda_align, multilevel distribution alignment")
-        mask_weight_g: float = Field(1e-3, ge=0, description="lambda_g, graph-perturbation contrast (grid 1e-4, 1e-3)")
-        temp: float = Field(0.4, gt=0, description="temperature of the graph-perturbation contrast (grid 0.2, 0.4, 0.6)")
+        mask_weight_g: float = Field(1e-3, ge=0, description="lambda_g, graph-perturbation contrast")
+        temp: float = Field(0.4, gt=0, description="temperature of the graph contrast")
         noise_eps: float = Field(0.1, ge=0, description="size of the perturbation noise (hard-coded 0.1)")
         cl_scope: Literal["all", "batch"] = Field(
             "all", description="negatives of the graph contrast: every user / item (the code) or the batch's")
-        mask_weight_f: float = Field(1.5, ge=0, description="lambda_f, feature-masking term (feature_mask_grad only)")
+        mask_weight_f: float = Field(1.5, ge=0, description="lambda_f (feature_mask_grad only)")
         dropout: float = Field(0.5, ge=0, lt=1, description="feature-masking dropout (feature_mask_grad only)")
         feature_mask_grad: bool = Field(
-            False, description="train the feature-masking term (the code computes it without gradient: no effect)")
+            False, description="train the feature-masking term (the code computes it without gradient)")
 
     def __init__(self, config: Config, data: TrainingData):
         super().__init__(config, data)
@@ -189,8 +190,8 @@ class MENTOR(DotProductRecommender):
             total = total + cfg.mask_weight_g * cl
             out["cl"] = cl
         if cfg.feature_mask_grad and cfg.mask_weight_f > 0:
-            mask = sum(1.0 - F.cosine_similarity(F.dropout(e, cfg.dropout, training=True), self.mask_mlp(e)).mean()
-                       for e in (users, items))
+            mask = sum(1.0 - F.cosine_similarity(F.dropout(e, cfg.dropout, training=True),
+                                                 self.mask_mlp(e)).mean() for e in (users, items))
             total = total + cfg.mask_weight_f * mask
             out["mask"] = mask
         return {"loss": total, **out}
