@@ -24,7 +24,7 @@ every batch. Scoring rebuilds it from the current projections (the code's ``test
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,6 +35,7 @@ from torch import nn
 from ...data.training import TrainingData
 from ...graphs import SparseOperator, bipartite_adjacency, propagate
 from ...graphs.knn import edge_matmul, knn_graph, merge_edges, sym_normalize_edges, topk_similarity
+from ...search_space import Choice, FloatRange
 from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, bpr_loss, l2_sq_reg
 from ..layers import ModalityProjections, id_table
 
@@ -53,6 +54,9 @@ class LATTICE(DotProductRecommender):
     min_modalities = 1
     #: codes/main.py: Adam lr 5e-4 (parser default), LambdaLR 0.96 ** (epoch / 50)
     defaults = {"train": {"learning_rate": 5e-4, "lr_scheduler": [0.96, 50]}}
+
+    search_space: ClassVar[dict] = {"train.learning_rate": FloatRange(1e-4, 5e-3, log=True),
+                                    "reg_weight": Choice((0.0, 1e-5, 1e-4, 1e-3))}
 
     class Config(ModelConfig):
         embedding_size: int = Field(64, ge=1, description="ID embeddings (embed_size)")

@@ -32,7 +32,7 @@ evaluation batch.
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from torch.nn import functional as F
 
 from ...data.training import TrainingData
 from ...graphs import SparseOperator, normalized_bipartite, propagate
+from ...search_space import LEARNING_RATE, Choice, FloatRange, IntRange
 from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, bpr_loss, l2_norm_reg
 from ..contrastive import full_info_nce
 from ..layers import MaskedProjection, ModalityProjections, id_table
@@ -65,6 +66,12 @@ class LGMRec(DotProductRecommender):
 
     min_modalities = 1
     # overall.yaml: Adam lr 1e-3, batch 2048, learning_rate_scheduler [1.0, 50] = our train defaults
+
+    search_space: ClassVar[dict] = {"train.learning_rate": LEARNING_RATE, "n_ui_layers": IntRange(1, 4),
+                                    "n_mm_layers": IntRange(1, 4), "hyper_num": Choice((2, 4, 8, 16, 32, 64)),
+                                    "keep_rate": FloatRange(0.1, 1.0), "alpha": FloatRange(0.0, 1.0),
+                                    "cl_weight": Choice((0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)),
+                                    "reg_weight": Choice((0.0, 1e-6, 1e-5, 1e-4, 1e-3))}
 
     class Config(ModelConfig):
         embedding_size: int = Field(64, ge=1, description="ID embeddings and modality projections (the code's "

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from itertools import combinations
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -41,6 +41,7 @@ from ...data.dataset import Modality
 from ...data.training import TrainingData
 from ...graphs import SparseOperator, normalized_bipartite, propagate
 from ...graphs.knn import modality_weights, multimodal_knn_graph
+from ...search_space import LEARNING_RATE, Choice
 from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, bpr_loss
 from ..contrastive import full_info_nce
 from ..layers import MaskedProjection, feature_tables, id_table
@@ -86,6 +87,10 @@ class MENTOR(DotProductRecommender):
     min_modalities = 1
     #: MENTOR.yaml: learning_rate [0.0001] (Adam, batch 2048, no decay: overall.yaml)
     defaults = {"train": {"learning_rate": 1e-4}}
+
+    search_space: ClassVar[dict] = {"train.learning_rate": LEARNING_RATE, "mask_weight_g": Choice((1e-4, 1e-3, 1e-2)),
+                                    "temp": Choice((0.2, 0.4, 0.6)), "align_weight": Choice((0.1, 0.2, 0.3)),
+                                    "reg_weight": Choice((1e-4, 1e-3, 1e-2))}
 
     class Config(ModelConfig):
         embedding_size: int = Field(64, ge=1, description="encoder width per modality (the code's dim_latent)")

@@ -22,7 +22,7 @@ The kNN graphs come from :func:`prismrec.graphs.knn.knn_graph`; propagation from
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -33,6 +33,7 @@ from torch import nn
 from ...data.training import TrainingData
 from ...graphs import SparseOperator, normalized_bipartite, propagate
 from ...graphs.knn import knn_graph
+from ...search_space import LEARNING_RATE, Choice
 from ..base import MODELS, Batch, DotProductRecommender, ModelConfig, bpr_loss, l2_sq_reg
 from ..layers import ModalityProjections, id_table, info_nce
 
@@ -48,6 +49,8 @@ class MGCN(DotProductRecommender):
     min_modalities = 1
     #: MGCN.yaml: ``learning_rate_scheduler: [0.96, 50]`` (lr 1e-3, batch 2048 are our train defaults)
     defaults = {"train": {"lr_scheduler": [0.96, 50]}}
+
+    search_space: ClassVar[dict] = {"train.learning_rate": LEARNING_RATE, "cl_loss": Choice((0.001, 0.01, 0.1))}
 
     class Config(ModelConfig):
         embedding_size: int = Field(64, ge=1, description="ID embeddings, feature projections, gates")
