@@ -3,7 +3,7 @@
 Why. A comparison is many independent runs (entries x seeds). On a small dataset one run cannot keep
 two cores busy: most of an epoch is element-wise work on tensors of a few MB, where a second torch
 thread gains little, and when anything else runs on the machine, every parallel region waits for a
-descheduled thread (the demo's LIRDRec went from 0.5 to 5 s per epoch that way). Two runs side by side,
+descheduled thread (the demo's LIRDRec went from 0.5 to 5.5 s per epoch that way). Two runs side by side,
 one thread each, use both cores fully and never wait for each other.
 
 How. ``jobs`` worker processes (``spawn``: a fresh interpreter, no forked OpenMP state) each train one

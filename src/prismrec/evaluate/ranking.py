@@ -59,8 +59,33 @@ def top_k(scores: torch.Tensor, k: int, exclude: tuple[np.ndarray, np.ndarray] |
     if exclude is not None and len(exclude[0]):
         r, c = exclude
         scores[torch.as_tensor(r, device=scores.device), torch.as_tensor(c, device=scores.device)] = -torch.inf
-    top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-    return top.values, top.indices
+    return topk_rows(scores, min(k, scores.shape[1]))
+
+
+def topk_rows(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exactly ``torch.topk(scores, k, dim=1)`` (largest first), about twice as fast on a CPU.
+
+    NumPy's introselect (``argpartition``) finds each row's ``k + 1`` largest scores, which are then sorted.
+    Where a row's ``k + 1`` largest values are all distinct (and not NaN) the top k and their order are
+    unique, so this is torch's answer; rows with a tie among them (equal scores, several ``-inf``, NaN),
+    where the order among equal values is the algorithm's choice, are answered by ``torch.topk`` itself.
+    """
+    n = scores.shape[1] if scores.dim() == 2 else 0
+    if scores.device.type != "cpu" or scores.dtype != torch.float32 or k < 1 or k + 1 >= n or scores.requires_grad:
+        return torch.topk(scores, k, dim=1)
+    x = scores.detach().contiguous().numpy()
+    part = np.argpartition(x, n - k - 1, axis=1)[:, n - k - 1:]  # the k + 1 largest, unordered
+    vals = np.take_along_axis(x, part, axis=1)
+    order = np.argsort(vals, axis=1)[:, ::-1]
+    idx = np.take_along_axis(part, order, axis=1)
+    vals = np.take_along_axis(vals, order, axis=1)
+    ties = (vals[:, :-1] == vals[:, 1:]).any(axis=1) | np.isnan(vals).any(axis=1)
+    values, indices = torch.from_numpy(np.ascontiguousarray(vals[:, :k])), torch.from_numpy(idx[:, :k].astype(np.int64))
+    if ties.any():
+        rows = torch.from_numpy(np.flatnonzero(ties))
+        exact = torch.topk(scores[rows], k, dim=1)
+        values[rows], indices[rows] = exact.values, exact.indices
+    return values, indices
 
 
 def auto_chunk(n_items: int, requested: int = 0) -> int:
