@@ -39,6 +39,7 @@ from .evaluate.segments import activity_buckets, item_groups
 from .evaluate.significance import PairedTest, paired_test
 from .models import MODELS, Recommender
 from .train.trainer import BEST, Trainer, TrainResult
+from .utils import distributed as dist
 from .utils.io import check_out_dir, clean_temp_files, load_torch, make_dir, read_json, write_json, write_npz, write_text, write_yaml
 from .utils.runtime import peak_rss_mb, resolve_device, seed_everything, set_threads
 
@@ -184,7 +185,7 @@ def train_run(model: str, data: str | Path | Dataset, out: str | Path | None = N
     out_path = Path(out) if out is not None else None
     if out_path is not None:
         _check_run_dir(out_path, resume)
-    if out_path is not None:
+    if out_path is not None and dist.env_rank() == 0:
         clean_temp_files(out_path)  # what a killed writer left
     if resume and out_path is not None and (out_path / CONFIG_FILE).is_file():
         requested = build_config(model, data, config_files=config_files, overrides=overrides, seed=seed,
@@ -199,10 +200,22 @@ def train_run(model: str, data: str | Path | Dataset, out: str | Path | None = N
     if device:
         cfg.train.device = device
     set_threads(cfg.train.threads)
+    # under torchrun: join the process group (after every rank has checked --out, before rank 0 writes)
+    dev, joined = dist.setup(resolve_device(cfg.train.device))
+    try:
+        return _train(cfg, data, out_path, resume, progress, dev, on_epoch, test)
+    finally:
+        if joined:
+            dist.teardown()
+
+
+def _train(cfg: RunConfig, data: str | Path | Dataset, out_path: Path | None, resume: bool, progress: bool,
+           dev: torch.device, on_epoch: Callable[[dict[str, Any]], None] | None, test: bool) -> Run:
     seed_everything(cfg.seed)
 
     ds = data if isinstance(data, Dataset) else load_dataset(cfg.data_source, cfg.data)
-    if out_path is not None:
+    writes = out_path is not None and dist.is_main()  # under torchrun only rank 0 writes
+    if writes:
         make_dir(out_path, "--out folder")
     if isinstance(data, Dataset):
         from .data.preprocess import preprocess
@@ -213,19 +226,19 @@ def train_run(model: str, data: str | Path | Dataset, out: str | Path | None = N
         split = Split.load(split_path, ds)
     else:
         split = make_split(ds, cfg.data)
-        if split_path is not None:
+        if split_path is not None and writes:
             split.save(split_path)
-    if out_path is not None:
+    if writes:
         write_yaml(out_path / CONFIG_FILE, cfg.to_run_dict())
         if not (out_path / INPUTS_FILE).is_file():
             write_json(out_path / INPUTS_FILE, {"settings": settings_of(cfg), "data": data_fingerprint(cfg, data)})
 
     seed_everything(cfg.seed)
     model_obj, tdata = build_model(cfg, ds, split)
-    dev = resolve_device(cfg.train.device)
     from .track import chain, run_tracker, tracked  # --track: None unless tracking is on
 
-    tracker = run_tracker(cfg.to_run_dict(), out_path, tags={"model": cfg.model, "dataset": ds.name, "seed": cfg.seed})
+    tracker = run_tracker(cfg.to_run_dict(), out_path, tags={"model": cfg.model, "dataset": ds.name, "seed": cfg.seed}
+                          ) if dist.is_main() else None
     trainer = Trainer(model_obj, tdata, split, cfg.train, cfg.seed, run_dir=out_path, device=dev,
                       progress=progress, filter_cold_users=cfg.data.filter_cold_users,
                       on_epoch=chain(tracker and tracker.epoch, on_epoch))
@@ -258,6 +271,7 @@ def _final_metrics(cfg: RunConfig, ds: Dataset, split: Split, model: Recommender
         "eval_seconds": round(result.mean_eval_seconds, 4),
         "stopped_early": result.stopped_early,
         "valid_metric": cfg.train.valid_metric,
+        "mask_history": cfg.train.mask_history,
         "test_users": int(len(test.users)),
         "segments": {"test": {**{k: {"users": test.segment_users.get(k), **v} for k, v in test.segments.items()
                                  if k != "user_activity"},
@@ -266,6 +280,7 @@ def _final_metrics(cfg: RunConfig, ds: Dataset, split: Split, model: Recommender
         "n_params": int(n_params),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "device": str(dev),
+        **({"distributed": {"processes": dist.world(), "backend": dist.backend()}} if dist.active() else {}),
         "versions": {"prismrec": __version__, "torch": torch.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -275,7 +290,7 @@ def _final_metrics(cfg: RunConfig, ds: Dataset, split: Split, model: Recommender
     if ratios:
         metrics["grad_ratio_id_over_feature"] = {"first_epoch": ratios[0], "last_epoch": ratios[-1],
                                                  "mean": float(np.mean(ratios))}
-    if out is not None:
+    if out is not None and dist.is_main():
         write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in result.history))
         write_npz(out / PER_USER_FILE, users=test.users, **{k: v for k, v in test.per_user.items()})
         write_json(out / METRICS_FILE, metrics)
@@ -294,7 +309,7 @@ def _validation_metrics(cfg: RunConfig, ds: Dataset, split: Split, model: Recomm
         "peak_rss_mb": round(peak_rss_mb(), 1), "device": str(dev),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    if out is not None:
+    if out is not None and dist.is_main():
         write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in result.history))
         write_json(out / METRICS_FILE, metrics)
     return metrics
@@ -388,7 +403,7 @@ def load_run(run_dir: str | Path, *, device: str | None = None) -> Run:
     """Rebuild a saved run: its data (from the recorded source), split, model and best weights."""
     run_dir = Path(run_dir)
     _require_run(run_dir)
-    cfg = RunConfig.from_run_dict(_load_config_dict(run_dir), where=str(run_dir / CONFIG_FILE))
+    cfg = load_run_config(run_dir)
     ds = load_dataset(cfg.data_source, cfg.data)
     split = Split.load(run_dir / SPLIT_FILE, ds)
     model, _ = build_model(cfg, ds, split)
@@ -400,9 +415,46 @@ def load_run(run_dir: str | Path, *, device: str | None = None) -> Run:
     return Run(run_dir, cfg, ds, split, model, metrics)
 
 
-def evaluate_run(run_dir: str | Path, stage: str = "test") -> dict[str, float]:
-    """Re-score a saved run's best weights on its saved split; returns the mean metrics."""
+#: settings that change how a finished run is scored, not what it learned: ``prismrec evaluate --set`` may
+#: change them (e.g. ``train.mask_history=false``: RecBole's protocol for sequential models)
+EVALUATION_KEYS = ("train.mask_history", "train.mask_valid_in_test", "train.topk", "train.eval_batch_users")
+
+
+def with_evaluation_settings(cfg: RunConfig, overrides: OverridesLike) -> RunConfig:
+    """``cfg`` with its evaluation settings (:data:`EVALUATION_KEYS`) changed; any other key is an error."""
+    changes = parse_overrides(overrides)
+    bad = [k for k in changes if k not in EVALUATION_KEYS]
+    if bad:
+        raise PrismrecError(
+            f"{', '.join(bad)} cannot change when a finished run is re-scored: only how it is evaluated can "
+            f"({', '.join(EVALUATION_KEYS)}). Fix: drop those --set options, or train a new run with them.")
+    if not changes:
+        return cfg
+    train = cfg.train.model_dump()
+    train.update({k.split(".", 1)[1]: v for k, v in changes.items()})
+    return cfg.model_copy(update={"train": type(cfg.train).model_validate(train)})
+
+
+def protocol_of(cfg: RunConfig) -> str:
+    """How a run's ranking treats the user's known items, for captions: ``history masked`` (the default) or
+    ``history not masked`` (RecBole's full ranking of sequential models: UniSRec, VQ-Rec, MISSRec)."""
+    return "history masked" if cfg.train.mask_history else "history not masked"
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved configuration a run directory was trained with (its ``config.yaml``)."""
+    run_dir = Path(run_dir)
+    _require_run(run_dir)
+    return RunConfig.from_run_dict(_load_config_dict(run_dir), where=str(run_dir / CONFIG_FILE))
+
+
+def evaluate_run(run_dir: str | Path, stage: str = "test", overrides: OverridesLike = ()) -> dict[str, float]:
+    """Re-score a saved run's best weights on its saved split; returns the mean metrics.
+
+    ``overrides`` change only how it is scored (:data:`EVALUATION_KEYS`), e.g. ``train.mask_history=false``
+    scores a run trained and selected under the masked protocol without masking the history."""
     run = load_run(run_dir)
+    run.config = with_evaluation_settings(run.config, overrides)
     return run.evaluate(stage, keep_per_user=False).metrics
 
 

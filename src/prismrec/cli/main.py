@@ -75,7 +75,10 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
     progress line); otherwise plain, never wrapped, lines on stderr."""
     from ..utils.progress import console, stderr_is_terminal
 
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    from ..utils.distributed import env_rank
+
+    # under torchrun only rank 0 logs (the other ranks: warnings and errors)
+    level = logging.WARNING if quiet or env_rank() != 0 else (logging.DEBUG if verbose else logging.INFO)
     logger = logging.getLogger("prismrec")
     logger.handlers.clear()
     handler: logging.Handler
@@ -110,7 +113,9 @@ def _progress() -> bool:
     """Draw live progress lines: standard error is a terminal and -q was not given."""
     from ..utils.progress import stderr_is_terminal
 
-    return not _STATE["quiet"] and stderr_is_terminal()
+    from ..utils.distributed import env_rank
+
+    return not _STATE["quiet"] and stderr_is_terminal() and env_rank() == 0
 
 
 def _global_flags_first(argv: list[str]) -> list[str]:
@@ -140,7 +145,10 @@ _TRACK_URI_HELP = ("where: a folder (TensorBoard log root; MLflow file store) or
 
 
 def _print(text: str) -> None:
-    typer.echo(text)
+    from ..utils.distributed import env_rank
+
+    if env_rank() == 0:  # under torchrun only rank 0 prints
+        typer.echo(text)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -176,14 +184,21 @@ def evaluate(
     run_dir: Path = typer.Argument(..., help="a run directory made by prismrec train"),
     stage: str = typer.Option("test", "--stage", help="test or valid"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    set_: list[str] = typer.Option([], "--set", "-s", help="change how it is scored, not what it learned: "
+                                   "train.mask_history=false (the other protocol), train.mask_valid_in_test, "
+                                   "train.topk, train.eval_batch_users"),
 ) -> None:
-    """Re-score a saved run on its saved split and print the metrics."""
-    from ..runs import evaluate_run
+    """Re-score a saved run on its saved split and print the metrics (--set: under other evaluation settings)."""
+    from ..config import parse_overrides
+    from ..runs import evaluate_run, load_run_config, protocol_of, with_evaluation_settings
 
     if stage not in ("test", "valid"):
         raise typer.BadParameter("--stage is test or valid")
-    metrics = evaluate_run(run_dir, stage)
-    _print(json.dumps(metrics, indent=2) if as_json else _metrics_table(metrics, title=f"{run_dir}: {stage}"))
+    overrides = parse_overrides(set_)
+    protocol = protocol_of(with_evaluation_settings(load_run_config(run_dir), overrides))
+    metrics = evaluate_run(run_dir, stage, overrides)
+    _print(json.dumps(metrics, indent=2) if as_json
+           else _metrics_table(metrics, title=f"{run_dir}: {stage} ({protocol})"))
 
 
 @app.command()

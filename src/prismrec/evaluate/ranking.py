@@ -3,7 +3,8 @@
 For each chunk of users the model scores every item, the user's training items (and optionally the
 validation items, at test time) are masked to ``-inf``, the top ``K_max`` items are taken with
 ``torch.topk`` and compared with the ground truth. Memory is ``O(chunk x n_items)``: the whole
-users x items score matrix never exists.
+users x items score matrix never exists. Under ``torchrun`` each rank ranks a contiguous share of the
+users and the per-user hit rows are summed across ranks (:mod:`prismrec.utils.distributed`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import scipy.sparse as sp
 import torch
 
 from ..data.split import Split
+from ..utils import distributed as dist
 from .metrics import METRICS, per_user_metrics, summarise
 
 if TYPE_CHECKING:
@@ -136,9 +138,10 @@ class RankingEvaluator:
         device = device or torch.device("cpu")
         all_hits = np.zeros((len(self.users), kmax), dtype=bool)
         top = np.zeros((len(self.users), kmax), dtype=np.int64) if (keep_topk or item_groups) else None
+        share = dist.user_share(len(self.users))  # under torchrun each rank ranks its share of the users
         with torch.no_grad():
-            for start in range(0, len(self.users), self.chunk):
-                users = self.users[start:start + self.chunk]
+            for start in range(share.start, share.stop, self.chunk):
+                users = self.users[start:min(start + self.chunk, share.stop)]
                 scores = score_fn(torch.as_tensor(users, dtype=torch.long, device=device)).float()
                 idx = top_k(scores, kmax, rows_of(self.mask, users))[1]
                 truth = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
@@ -148,6 +151,9 @@ class RankingEvaluator:
                 if top is not None:
                     top[start:start + len(users)] = idx.cpu().numpy()
                 del scores, truth
+        if dist.active():  # every rank's rows summed: all ranks hold every user's result
+            all_hits = dist.sum_across(all_hits, device)
+            top = dist.sum_across(top, device) if top is not None else None
         per_user = per_user_metrics(all_hits, self.n_truth, self.ks, self.metrics)
         result = EvalResult(summarise(per_user), self.users, per_user if keep_per_user else {},
                             top if keep_topk else None)

@@ -13,6 +13,10 @@ evaluations without a strict improvement (MMRec stops after ``stopping_step + 1`
 Run directory: ``checkpoint.pt`` (last finished epoch: model, optimiser, scheduler, selection state) and
 ``model.pt`` (the best epoch's weights). A killed run restarts the interrupted epoch from the last
 checkpoint with the same seeds, so it ends with exactly the metrics of an uninterrupted run.
+
+Under ``torchrun`` the same Trainer runs on every rank: each trains on its share of every batch (DDP
+averages the gradients), ranks its share of the validation users, and only rank 0 writes
+(:mod:`prismrec.utils.distributed`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from ..data.split import Split
 from ..data.training import TrainingData
 from ..evaluate.ranking import RankingEvaluator
 from ..models.base import Recommender
+from ..utils import distributed as dist
 from ..utils.io import save_torch
 from ..utils.loop import EpochLoop, Selection, TrainResult
 from .sampling import make_sampler
@@ -107,7 +112,7 @@ class Trainer:
         if not model.trainable or cfg.epochs == 0:
             valid, eval_s = self.evaluate_valid()
             hist = [{"epoch": 0, "loss": None, "valid": valid, "train_s": None, "eval_s": eval_s}]
-            if self.run_dir is not None:
+            if self.run_dir is not None and dist.is_main():
                 save_torch(self.run_dir / BEST, model.state_dict())
             return TrainResult(0, valid, 0, time.perf_counter() - t_start, hist)
 
@@ -118,5 +123,6 @@ class Trainer:
                          checkpoint=CHECKPOINT, best=BEST, device=self.device, progress=self.progress,
                          before_epoch=model.on_epoch_start, on_epoch=self.on_epoch,
                          grad_groups=model.diagnostic_groups() if cfg.log_grad_ratio else None,
-                         title=f"{model.registry_name or type(model).__name__.lower()} seed {self.seed}")
+                         title=f"{model.registry_name or type(model).__name__.lower()} seed {self.seed}",
+                         distributed=True)  # data-parallel when launched by torchrun, else one process
         return loop.fit(resume)

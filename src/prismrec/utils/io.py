@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 
 from ..errors import DataError, OutputError, PrismrecError
+from .distributed import check_writer
 
 
 def _current_umask() -> int:
@@ -33,6 +34,7 @@ _UMASK = _current_umask()
 
 def _atomic(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
     path = Path(path)
+    check_writer(path)  # under torchrun only rank 0 writes
     make_dir(path.parent)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

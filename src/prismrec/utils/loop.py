@@ -45,6 +45,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..errors import PrismrecError
+from . import distributed as dist
 from .io import load_torch, write_bytes
 from .progress import FitLine
 from .runtime import epoch_seed
@@ -190,6 +191,10 @@ class EpochLoop:
     ``{"id": [...], "feature": [...]}`` (logs the ratio of their gradient norms); ``on_epoch(row)``;
     ``label`` (the log lines' prefix) and ``log_level`` of the per-epoch lines (DEBUG: shown with ``-v``);
     ``progress`` draws one live line titled ``title`` (:class:`~prismrec.utils.progress.FitLine`).
+
+    ``distributed``: under ``torchrun``, each rank trains on its share of every batch with DDP's gradient
+    all-reduce (:class:`~prismrec.utils.distributed.Replicas`); every rank measures (the selection must
+    be collective too, as the Trainer's sharded evaluation is) and only rank 0 writes files.
     """
 
     def __init__(self, objective: nn.Module, batches: Any, cfg: TrainConfig, seed: int, selection: Selection, *,
@@ -198,7 +203,8 @@ class EpochLoop:
                  before_epoch: Callable[[int], None] | None = None,
                  grad_groups: dict[str, list[nn.Parameter]] | None = None,
                  on_epoch: Callable[[dict[str, Any]], None] | None = None,
-                 label: str = "epoch", log_level: int = logging.DEBUG, title: str | None = None):
+                 label: str = "epoch", log_level: int = logging.DEBUG, title: str | None = None,
+                 distributed: bool = False):
         self.objective, self.batches, self.cfg, self.seed, self.selection = objective, batches, cfg, seed, selection
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.checkpoint, self.best = checkpoint, best
@@ -208,6 +214,8 @@ class EpochLoop:
         self.grad_groups = grad_groups if grad_groups and grad_groups.get("id") and grad_groups.get("feature") else None
         self.label, self.log_level = label, log_level
         self.title = title or label
+        self.distributed = distributed and dist.active()
+        self._writes = self.run_dir is not None and dist.is_main()
 
     def fit(self, resume: bool = False) -> TrainResult:
         """Train; the objective ends holding the kept epoch's weights (``resume``: continue from the
@@ -215,7 +223,7 @@ class EpochLoop:
         self._writer = _Writer()
         sel = self.selection
         self._line = FitLine(self.title, self.cfg.epochs, metric=sel.name, patience=sel.patience, every=sel.every,
-                             enabled=self.progress)
+                             enabled=self.progress and dist.is_main())
         try:
             result = self._fit(resume)
         except BaseException:
@@ -259,6 +267,7 @@ class EpochLoop:
             state["history"].append({"epoch": 0, "loss": None, **details})
             best_state = copy.deepcopy(model.state_dict())
             self._save_best(best_state)
+        replicas = dist.Replicas(model, self.device) if self.distributed else None
 
         for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
             es = epoch_seed(self.seed, epoch)
@@ -272,7 +281,7 @@ class EpochLoop:
             line = self._line
             line.start_epoch(epoch, self.batches.n_batches(cfg.batch_size) if line.enabled else None)
             for batch in self.batches.epoch(rng, cfg.batch_size, self.device):
-                out = model.loss(batch)
+                out, weight = replicas.loss(batch) if replicas is not None else (model.loss(batch), 1.0)
                 if out is None:  # nothing to learn from this batch
                     continue
                 loss = out["loss"] if isinstance(out, dict) else out
@@ -282,7 +291,7 @@ class EpochLoop:
                         "Fix: lower train.learning_rate or the model's loss weights."
                     )
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * replicas.scale(weight) if replicas is not None else loss).backward()
                 if self.grad_groups is not None:
                     g_id, g_feat = _grad_norm(self.grad_groups["id"]), _grad_norm(self.grad_groups["feature"])
                     if g_feat > 0:
@@ -290,15 +299,17 @@ class EpochLoop:
                 if cfg.grad_clip > 0:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
-                total += float(loss.detach())
+                total += float(loss.detach()) * weight
                 n_batches += 1
                 if isinstance(out, dict):
                     for k, v in out.items():
                         if k != "loss":
-                            terms[k] = terms.get(k, 0.0) + float(v.detach())
+                            terms[k] = terms.get(k, 0.0) + float(v.detach()) * weight
                 if line.enabled:
                     line.batch(n_batches, total / n_batches)
             sched.step()
+            if replicas is not None:  # the global batches' mean losses, as one process logs them
+                total, terms = replicas.epoch_sums(total, terms)
             row: dict[str, Any] = {"epoch": epoch, "loss": total / max(n_batches, 1),
                                    **{k: v / max(n_batches, 1) for k, v in terms.items()},
                                    "train_s": time.perf_counter() - t0, **sel.blank}
@@ -324,7 +335,7 @@ class EpochLoop:
                 self.on_epoch(row)
             stop = self._stops(state)
             state["stopped_early"] = stop
-            if ckpt_path is not None:
+            if ckpt_path is not None and self._writes:
                 self._writer.submit(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                                 "scheduler": sched.state_dict(), "state": state})
             if stop:
@@ -347,7 +358,7 @@ class EpochLoop:
         )
 
     def _save_best(self, sd: dict[str, torch.Tensor]) -> None:
-        if self.run_dir is not None:
+        if self._writes:
             self._writer.submit(self.run_dir / self.best, sd)
 
     def _log_epoch(self, row: dict[str, Any], state: dict[str, Any], score: float | None, terms: list[str]) -> None:
