@@ -13,7 +13,8 @@ validation, train + valid for test, everything when serving); ``score(users)`` e
 last ``max_len`` items. ``session_vectors``/``score_sequences`` encode and score arbitrary sessions
 (serving, explanations).
 
-Loss. Full softmax cross-entropy over all items (default), or sampled softmax with uniform
+Loss. Full softmax cross-entropy over all items (default; above ``logits_block_bytes`` of logits it is
+computed in blocks, so memory stays bounded), or sampled softmax with uniform
 negatives (``loss_type: sampled``; the positive is logit 0 among ``num_sampled`` negatives; a
 negative equal to the target is masked out).
 
@@ -24,7 +25,8 @@ scoring test (it is part of the history). Masking the history is ``train.mask_hi
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterator, Literal, Sequence
+from contextlib import nullcontext
+from typing import Any, ClassVar, ContextManager, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +36,7 @@ from torch import nn
 from ...data.split import History
 from ...data.training import TrainingData
 from ..base import Batch, ModelConfig, Recommender
+from ..contrastive import softmax_cross_entropy
 
 PAD = 0
 
@@ -210,10 +213,15 @@ class SequentialRecommender(Recommender):
         indptr, items = data.sequences()
         return (WindowSampler if self.causal else SequenceSampler)(indptr, items, self.max_len)
 
+    #: the full softmax holds at most this many bytes of logits at once; a larger batch (rows x items) is
+    #: computed in blocks (:func:`~prismrec.models.contrastive.softmax_cross_entropy`, the same loss)
+    logits_block_bytes: ClassVar[int] = 256 * 2**20
+
     def logits_loss(self, h: torch.Tensor, targets: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of the next item: full softmax, or sampled softmax with uniform negatives."""
+        """Cross-entropy of the next item: full softmax (in memory-bounded blocks), or sampled softmax with
+        uniform negatives."""
         if self.config.loss_type == "ce":
-            return nn.functional.cross_entropy(h @ items.T, targets)
+            return softmax_cross_entropy(h, items, targets, block_bytes=self.logits_block_bytes)
         neg = torch.randint(0, self.n_items, (self.config.num_sampled,), device=h.device)
         pos_logit = (h * items[targets]).sum(-1, keepdim=True)
         neg_logit = h @ items[neg].T
@@ -221,15 +229,23 @@ class SequentialRecommender(Recommender):
         logits = torch.cat([pos_logit, neg_logit], dim=1)
         return nn.functional.cross_entropy(logits, torch.zeros(len(h), dtype=torch.long, device=h.device))
 
+    def shared_item_tables(self) -> ContextManager[None]:
+        """A block in which the item-side tables are computed once (one training step): ``input_parts``
+        and ``item_embeddings`` both read the projected features of all items. Models whose item side is
+        an :class:`~prismrec.models.sequential.layers.ItemTokens` (``self.tokens``) get it for free."""
+        share = getattr(getattr(self, "tokens", None), "shared_tables", None)
+        return share() if share is not None else nullcontext()
+
     def loss(self, batch: Batch) -> torch.Tensor | dict[str, torch.Tensor]:
         """Next-item cross-entropy: at the last position (prefix batches) or at every non-padded
-        position (window batches of causal models)."""
+        position (window batches of causal models). The item tables are computed once per step."""
         targets = batch["targets"]
-        if targets.dim() == 1:
-            return self.logits_loss(self.encode(batch["seqs"]), targets, self.item_embeddings())
-        h = self.encode_positions(batch["seqs"])
-        keep = targets >= 0
-        return self.logits_loss(h[keep], targets[keep], self.item_embeddings())
+        with self.shared_item_tables():
+            if targets.dim() == 1:
+                return self.logits_loss(self.encode(batch["seqs"]), targets, self.item_embeddings())
+            h = self.encode_positions(batch["seqs"])
+            keep = targets >= 0
+            return self.logits_loss(h[keep], targets[keep], self.item_embeddings())
 
     # scoring ---------------------------------------------------------------------------------------
     #: ``score(u) == encode(u's history) @ item_embeddings().T``
@@ -245,10 +261,16 @@ class SequentialRecommender(Recommender):
         """Keep ``history``'s sequences (the users' inputs) and compute the item table once."""
         if history is not None:
             self._history = history.sequences
+        tokens = getattr(self, "tokens", None)
+        if hasattr(tokens, "hold_for_scoring"):  # the encoder's inputs read the same feature tables
+            tokens.hold_for_scoring()
         self._item_cache = self.item_embeddings()
 
     def clear_scoring(self) -> None:
         self._item_cache = None
+        tokens = getattr(self, "tokens", None)
+        if hasattr(tokens, "release"):
+            tokens.release()
 
     def _items(self) -> torch.Tensor:
         return self._item_cache if self._item_cache is not None else self.item_embeddings()

@@ -187,7 +187,12 @@ class Demure(SASRecF):
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Cross-entropy at every position of each window (as SASRec-F); after the warm-up, plus
         ``cl_weight`` x the contrastive loss at the last position of each window, and diagnostics
-        ``noise_<modality>``: the share of the marked noise parts that belong to each modality."""
+        ``noise_<modality>``: the share of the marked noise parts that belong to each modality.
+        The item tables are computed once for the step (cross-entropy, attribution and both views)."""
+        with self.shared_item_tables():
+            return self._loss(batch)
+
+    def _loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         seqs, targets = batch["seqs"], batch["targets"]
         items = self.item_embeddings()
         parts = self.input_parts(seqs)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -58,6 +61,11 @@ class ItemTokens(nn.Module):
     plus, with ``modalities``, a linear projection of each frozen modality feature (a learned vector
     where the feature is missing, :class:`~prismrec.models.layers.ModalityProjections`). With
     ``use_ids=False`` the ID table is frozen at zero, so items are their features alone.
+
+    The projected feature tables (all items through every modality's projection) are the expensive
+    part. Inside :meth:`shared_tables` (one training step: the encoder's inputs and the output item
+    table both read them) and between :meth:`hold_for_scoring` and :meth:`release` (one scoring pass)
+    they are computed once.
     """
 
     def __init__(self, n_items: int, dim: int, modalities=None, *, use_ids: bool = True, init: str = "normal"):
@@ -76,14 +84,50 @@ class ItemTokens(nn.Module):
             if not self.use_ids:
                 self.embedding.weight.zero_()
         self.embedding.weight.requires_grad_(self.use_ids)
+        self._step: list[dict[str, torch.Tensor]] | None = None   # inside shared_tables: [] or [tables]
+        self._scoring: dict[str, torch.Tensor] | None = None      # held for a scoring pass
 
-    def feature_tables(self) -> dict[str, torch.Tensor]:
-        """Projected features of all tokens per modality ``(n_items + 1, d)``; the padding row is zero."""
+    def _project(self) -> dict[str, torch.Tensor]:
         out = {}
         for name in self.features.names if self.features is not None else ():
             f = self.features(name)
             out[name] = torch.cat([torch.zeros_like(f[:1]), f], dim=0)
         return out
+
+    def feature_tables(self) -> dict[str, torch.Tensor]:
+        """Projected features of all tokens per modality ``(n_items + 1, d)``; the padding row is zero.
+
+        Computed once per :meth:`shared_tables` block, and once per scoring pass (held tables are read only
+        in evaluation mode without gradients, so a loss or an attribution always gets its own graph)."""
+        if self._step is not None:
+            if not self._step:
+                self._step.append(self._project())
+            return self._step[0]
+        if self._scoring is not None and not self.training and not torch.is_grad_enabled():
+            return self._scoring
+        return self._project()
+
+    @contextmanager
+    def shared_tables(self) -> Iterator[None]:
+        """Within the block, :meth:`feature_tables` is computed on first use and then reused (one
+        autograd graph, so the gradients of every use add up as before). Nested blocks share the outer one."""
+        if self._step is not None:
+            yield
+            return
+        self._step = []
+        try:
+            yield
+        finally:
+            self._step = None
+
+    @torch.no_grad()
+    def hold_for_scoring(self) -> None:
+        """Compute the feature tables once for the scoring pass that follows (until :meth:`release`)."""
+        self._scoring = None
+        self._scoring = self._project()
+
+    def release(self) -> None:
+        self._scoring = None
 
     def table(self) -> torch.Tensor:
         """All token embeddings ``(n_items + 1, d)``."""
