@@ -104,3 +104,36 @@ def test_missing_features_give_no_nan(extra):
     with torch.no_grad():
         assert torch.isfinite(model.item_embeddings()).all()
 
+
+
+@pytest.mark.parametrize("granularity", ["modality", "item"])
+def test_missing_features_are_never_noise_or_point_of_interest(granularity):
+    """A part whose feature is missing is the projection's learned "missing" vector, the same for every such
+    item: it says nothing about the item, so it is neither a noise nor a point-of-interest candidate, and
+    the views leave it as it is. Every item's image is missing but one in two."""
+    missing = np.arange(0, 40, 2)
+    run = fit("demure", cyclic_dataset(missing=missing), ["warmup_epochs=0", f"granularity={granularity}",
+                                                          "noise_ratio=0.5"], 1)
+    batch = window_batch(run)
+    seqs = batch["seqs"]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        parts, pos, neg, marks = run.model.views(seqs, batch["targets"][:, -1])
+    j = marks.parts.index("image")
+    valid = seqs != 0
+    lacks = valid & torch.isin(seqs - 1, torch.as_tensor(missing))
+    assert lacks.any() and (valid & ~lacks).any()
+    for where in (marks.noise, marks.poi):
+        assert not where[..., j][lacks].any()
+    for view in (pos, neg):
+        assert torch.equal(view["image"][lacks], parts["image"][lacks])
+    assert (marks.noise[..., j] | marks.poi[..., j])[valid & ~lacks].any()  # images that exist are marked
+    if granularity == "modality":  # k counts the candidates: the available modality parts
+        n = (valid & ~lacks).sum(1) + valid.sum(1)
+        k = torch.minimum((n * 0.5).round().long().clamp(min=1), n // 2)
+        assert torch.equal(marks.noise.sum((1, 2)), k) and torch.equal(marks.poi.sum((1, 2)), k)
+    else:  # the ID and text parts of a marked item are altered, its missing image is not
+        item = marks.noise.any(-1)
+        text, ids = marks.parts.index("text"), marks.parts.index("id")
+        assert item.any() and torch.equal(marks.noise[..., text], item) and torch.equal(marks.noise[..., ids], item)
+        assert torch.equal(marks.noise[..., j], item & ~lacks)

@@ -19,7 +19,9 @@ abstract states [P], and what is our reconstruction [R]:
   without dropout and detached: one extra forward + backward per batch).
 * [R] "All interacted items of a user": the parts are ranked *within each sequence*, over all its
   items and modalities. The lowest ``noise_ratio`` share are noise, the highest ``noise_ratio``
-  share are point-of-interests (with ``granularity: item`` whole items are ranked instead).
+  share are point-of-interests (with ``granularity: item`` whole items are ranked instead). A part
+  whose feature is missing (the projection's learned "missing" vector, the same for every such item)
+  is never a candidate: it says nothing about the item.
 * [R] Views (CauseRec-style counterfactuals, the same authors' SIGIR'21 recipe moved from items to
   modalities): the *denoised* positive view alters the noise parts, the *noisy* negative view
   alters the point-of-interests; ``view_op`` zeroes them, swaps in a learned mask vector, or
@@ -111,9 +113,11 @@ class Demure(SASRecF):
     def mark_noise(self, seqs: torch.Tensor, targets: torch.Tensor, items: torch.Tensor | None = None) -> NoiseMarks:
         """Noise and point-of-interest parts of each sequence from the target's gradient x input.
 
-        Candidates are the modality parts of the non-padded positions (``granularity: modality``;
-        the ID part is not a modality and is never marked) or the non-padded positions themselves
-        (``granularity: item``, all parts of an item together, scored by their sum). Per sequence,
+        Candidates are the modality parts of the non-padded positions whose item has that feature
+        (``granularity: modality``; the ID part is not a modality and is never marked; a missing feature,
+        the learned "missing" vector, is never a candidate) or the non-padded positions themselves
+        (``granularity: item``, the parts of an item that carry content together, scored by their sum and
+        altered together). Per sequence,
         with ``n`` candidates, ``k = min(max(1, round(noise_ratio * n)), n // 2)`` lowest are noise and
         the ``k`` highest are point-of-interests (disjoint; ties broken by position).
         """
@@ -125,11 +129,13 @@ class Demure(SASRecF):
             self.train(was_training)
         B, L, P = c.by_part.shape
         valid = seqs != PAD
+        avail = self.part_available(seqs, c.parts)
         if self.config.granularity == "modality":
             is_modality = torch.tensor([n != "id" for n in c.parts], device=seqs.device)
-            scores, cand = c.by_part, valid[..., None] & is_modality
-        else:
-            scores, cand = c.by_item[..., None], valid[..., None]
+            scores, cand = c.by_part, valid[..., None] & is_modality & avail
+        else:  # an item is scored by its parts that carry content (a missing feature's vector is no signal)
+            scores = (c.by_part * avail).sum(-1, keepdim=True)
+            cand = valid[..., None] & avail.any(-1, keepdim=True)
         flat, flat_cand = scores.reshape(B, -1), cand.reshape(B, -1)
         n = flat_cand.sum(1)
         k = torch.minimum((n.float() * self.config.noise_ratio).round().long().clamp(min=1), n // 2)
@@ -138,9 +144,19 @@ class Demure(SASRecF):
         noise = (rank < k[:, None]) & flat_cand
         poi = (rank >= (n - k)[:, None]) & (rank < n[:, None]) & flat_cand
         noise, poi = noise.reshape(cand.shape), poi.reshape(cand.shape)
-        if self.config.granularity == "item":
-            noise, poi = noise.expand(B, L, P), poi.expand(B, L, P)
+        if self.config.granularity == "item":  # every part of the item that carries content
+            noise, poi = noise.expand(B, L, P) & avail, poi.expand(B, L, P) & avail
         return NoiseMarks(c.parts, noise, poi, c.by_part)
+
+    def part_available(self, seqs: torch.Tensor, parts: list[str]) -> torch.Tensor:
+        """``(B, L, P)``: whether part ``parts[j]`` of the item at each position carries the item's content.
+        A modality part is False where the item lacks that feature (its input is then the projection's
+        learned "missing" vector, the same for every such item); the ID part is always True; padding False."""
+        valid = seqs != PAD
+        rows = (seqs - 1).clamp(min=0)
+        tables = self.tokens.features.tables if self.tokens.features is not None else {}
+        cols = [valid & tables[n].available[rows] if n in tables else valid for n in parts]
+        return torch.stack(cols, dim=-1)
 
     def make_view(self, parts: dict[str, torch.Tensor], seqs: torch.Tensor, where: torch.Tensor,
                   names: list[str]) -> dict[str, torch.Tensor]:
