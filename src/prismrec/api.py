@@ -37,9 +37,10 @@ def train(model: str, data: str | Path | Dataset, out: str | Path | None = None,
                          epochs=epochs, resume=resume, progress=progress, device=device)
 
 
-def evaluate(run_dir: str | Path, stage: str = "test") -> dict[str, float]:
-    """Re-score a saved run on its saved split."""
-    return evaluate_run(run_dir, stage)
+def evaluate(run_dir: str | Path, stage: str = "test", overrides: OverridesLike = ()) -> dict[str, float]:
+    """Re-score a saved run on its saved split; ``overrides`` change only how it is scored
+    (``{"train.mask_history": False}``: the other protocol, without retraining)."""
+    return evaluate_run(run_dir, stage, overrides)
 
 
 def compare(models: Sequence[str], data: str | Path, out: str | Path, *, seeds: Sequence[int] = (0,),

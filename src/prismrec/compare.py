@@ -22,7 +22,7 @@ import pandas as pd
 from .config import Overrides, OverridesLike, merge_overrides, parse_grid, parse_overrides
 from .errors import ConfigError
 from .report.paired import paired_over_seeds
-from .report.tables import Table, num, protocol_caption, pvalue, seed_summary_table
+from .report.tables import Table, history_protocol, num, protocol_caption, pvalue, seed_summary_table
 from .runs import METRICS_FILE, PER_USER_FILE, load_per_user, reuse_finished, train_run
 from .utils.io import read_json, write_text
 
@@ -144,13 +144,14 @@ def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *
         row = {"entry": entry.label, "model": m["model"], "seed": seed, "best_epoch": m["best_epoch"],
                "epochs_run": m["epochs_run"], "train_seconds": m["train_seconds"],
                "epoch_seconds": m.get("epoch_seconds"), "eval_seconds": m.get("eval_seconds"),
-               "peak_rss_mb": m.get("peak_rss_mb"), "run_dir": str(run_dir)}
+               "peak_rss_mb": m.get("peak_rss_mb"), "mask_history": _mask_history(m, run_dir),
+               "run_dir": str(run_dir)}
         row.update({f"test_{k}": m["test"].get(k, np.nan) for k in metrics})
         row.update({f"valid_{k}": m["valid"].get(k, np.nan) for k in metrics})
         rows.append(row)
     runs = pd.DataFrame(rows)
     summary = _summarise(runs, parsed, metrics, out, seeds)
-    md = _markdown(summary, metrics, data, seeds)
+    md = _markdown(summary, metrics, data, seeds, history_protocol(runs["mask_history"]))
     if protocol:
         md = f"Protocol: {protocol}\n\n" + md
     out.mkdir(parents=True, exist_ok=True)
@@ -238,13 +239,24 @@ def _per_user_seeds(entry_dir: Path, seeds: Sequence[int], metric: str) -> list[
     return acc
 
 
-def _markdown(summary: pd.DataFrame, metrics: Sequence[str], data: Any, seeds: Sequence[int]) -> str:
+def _mask_history(metrics: dict[str, Any], run_dir: Path) -> bool:
+    """Whether a finished run masked the user's history when ranking (runs written before metrics.json
+    recorded it: their config.yaml)."""
+    if "mask_history" in metrics:
+        return bool(metrics["mask_history"])
+    from .runs import load_run_config
+
+    return bool(load_run_config(run_dir).train.mask_history)
+
+
+def _markdown(summary: pd.DataFrame, metrics: Sequence[str], data: Any, seeds: Sequence[int],
+              history: str | None = None) -> str:
     extra: list[tuple[str, Any]] = [("s/epoch", lambda r: num(r["epoch_seconds_mean"], 3)),
                                     ("best epoch", lambda r: num(r["best_epoch_mean"], 0))]
     if "p_value" in summary.columns:
         extra.append((f"p vs {summary['entry'].iloc[0]} ({metrics[-1]})", lambda r: pvalue(r.get("p_value"))))
     table = seed_summary_table(summary.to_dict("records"), metrics, extra=extra,
-                               caption=protocol_caption(data, seeds))
+                               caption=protocol_caption(data, seeds, history=history))
     return table.markdown() + "\n"
 
 

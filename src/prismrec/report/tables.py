@@ -79,12 +79,24 @@ def best_rows(values: Iterable[Any], higher_is_better: bool = True) -> set[int]:
     return {i for i, v in vals if v == best}
 
 
+def history_protocol(masked: Iterable[bool]) -> str:
+    """How the runs of a table ranked: ``history masked`` (the user's known items are not ranked),
+    ``history not masked`` (RecBole's full ranking of sequential models, under which UniSRec, VQ-Rec and
+    MISSRec report), or ``history masked in some runs only`` when a table mixes them."""
+    kinds = set(bool(m) for m in masked)
+    if kinds == {True}:
+        return "history masked"
+    if kinds == {False}:
+        return "history not masked"
+    return "history masked in some runs only: see mask_history in runs.csv" if kinds else ""
+
+
 def protocol_caption(data: Any, seeds: Sequence[Any], *, stage: str = "Test metrics",
-                     selection: str = "epoch chosen on validation") -> str:
+                     selection: str = "epoch chosen on validation", history: str | None = None) -> str:
     """The protocol line above a results table, e.g. ``Test metrics on `demo`, mean ± std over seeds
-    0, 1, 2 (epoch chosen on validation).``"""
+    0, 1, 2 (epoch chosen on validation; history masked).`` (``history``: :func:`history_protocol`)."""
     return (f"{stage} on `{data}`, mean ± std over seeds {', '.join(map(str, seeds))} "
-            f"({selection}).")
+            f"({selection}{f'; {history}' if history else ''}).")
 
 
 def _md_cell(cell: Any) -> str:
