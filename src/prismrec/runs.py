@@ -350,6 +350,18 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _defaults_of(cfg: RunConfig) -> dict[str, Any]:
+    """The default of every setting of ``cfg``'s sections (``data``, ``train``, the model's ``params``) in
+    :func:`settings_of`'s layout; settings without a default are left out."""
+    from pydantic_core import PydanticUndefined, to_jsonable_python
+
+    out: dict[str, Any] = {}
+    for section, obj in (("data", cfg.data), ("train", cfg.train), ("params", cfg.params)):
+        fields = {name: f.get_default(call_default_factory=True) for name, f in type(obj).model_fields.items()}
+        out[section] = {k: to_jsonable_python(v) for k, v in fields.items() if v is not PydanticUndefined}
+    return out
+
+
 def input_differences(run_dir: Path, cfg: RunConfig, data: Any) -> list[str]:
     """What differs between the run in ``run_dir`` and a run of ``cfg`` on ``data`` (empty: the same).
 
@@ -359,6 +371,9 @@ def input_differences(run_dir: Path, cfg: RunConfig, data: Any) -> list[str]:
     saved = read_json(saved_path) if saved_path.is_file() else {
         "settings": settings_of(RunConfig.from_run_dict(_load_config_dict(run_dir), where=str(run_dir / CONFIG_FILE)))}
     a, b = _flatten(saved["settings"]), _flatten(settings_of(cfg))
+    # a setting added after the run was made is, at its default, what the run did (a new setting's default
+    # keeps the old behaviour), so it is no difference
+    a.update({k: v for k, v in _flatten(_defaults_of(cfg)).items() if k not in a and k in b})
     diffs = [f"{k}: the run has {a.get(k, '(unset)')!r}, this call asks for {b.get(k, '(unset)')!r}"
              for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     now = data_fingerprint(cfg, data, saved.get("data"))

@@ -6,7 +6,9 @@ Data. A user's history is their interactions in time order (``Split.sequences``)
 last ``max_len`` items and **left-padded** with 0; item ``i`` is token ``i + 1``. Causal encoders
 (``causal = True``) get the same prefixes from windows of ``max_len + 1`` items trained at every
 position in one pass (:class:`WindowSampler`); other encoders get one sample per prefix
-(:class:`SequenceSampler`).
+(:class:`SequenceSampler`). A window position equals its prefix exactly when the encoder's positions
+do not depend on where the prefix ends (GRU4Rec; SASRec with ``positions: from_start``) and the window
+holds the whole prefix (``tests/test_sequential_windows.py``).
 
 Evaluation. ``prepare_scoring(history)`` gives the model the sequences known at that point (train for
 validation, train + valid for test, everything when serving); ``score(users)`` encodes each user's
@@ -116,8 +118,13 @@ class WindowSampler(_SampleSource):
     ``seqs`` (inputs, left-padded) and ``targets`` (the next item at every position, -1 on padding).
 
     With a causal encoder, position ``t`` of a window only sees items before it, so training every
-    position at once trains on every prefix of the sequence (as :class:`SequenceSampler`) in one
-    forward pass per window instead of one per prefix.
+    position at once trains on the prefixes of the sequence in one forward pass per window instead of
+    one per prefix. It is exactly :class:`SequenceSampler`'s training when (1) the encoder counts
+    positions from the oldest visible item (a prefix's items then have the same positions in the window
+    as when the prefix is scored; SASRec's ``positions: from_start``, GRU4Rec) and (2) the prefix fits
+    in the window: always for sequences of up to ``max_len + 1`` items; in a longer sequence's earlier
+    windows, position ``t`` sees only the window's items where the prefix sample would see the last
+    ``max_len`` (the last position of every full window is exact).
     """
 
     def __init__(self, indptr: np.ndarray, items: np.ndarray, max_len: int):

@@ -20,11 +20,21 @@ class CausalTransformer(nn.Module):
     a sequence is the output at its last (most recent) position. Sequences are left-padded, so the
     last position always holds the latest item. Padded keys are masked with a large negative number;
     a position always sees itself, so padded rows stay finite.
+
+    Positions (``positions``): ``from_end`` (the paper's left-padded slots: the latest item always has
+    the last position) or ``from_start`` (RecBole's: the oldest visible item has position 0). With
+    ``from_start`` a causal pass over a window gives at every position exactly the representation of
+    the prefix that ends there (when the window holds the whole prefix), so window training equals
+    prefix training; with ``from_end`` a prefix's last item sits at another position in a window than
+    when the prefix is scored.
     """
 
     def __init__(self, dim: int, max_len: int, n_layers: int = 2, n_heads: int = 2, dropout: float = 0.2,
-                 ff_mult: int = 4):
+                 ff_mult: int = 4, positions: str = "from_end"):
         super().__init__()
+        if positions not in ("from_end", "from_start"):
+            raise ValueError(f"positions is 'from_end' or 'from_start', not {positions!r}")
+        self.from_start = positions == "from_start"
         self.position = nn.Embedding(max_len, dim)
         # same scale as the item embeddings (N(0, 0.02), as SASRec/RecBole): at nn.Embedding's default
         # N(0, 1) the positions drown the items after the input layer norm and nothing is learned
@@ -41,7 +51,12 @@ class CausalTransformer(nn.Module):
     def forward(self, x: torch.Tensor, tokens: torch.Tensor, *, all_positions: bool = False) -> torch.Tensor:
         """``x``: item inputs ``(B, L, d)``; ``tokens``: the padded token ids ``(B, L)`` (0 = padding)."""
         B, L, _ = x.shape
-        h = self.dropout(self.norm_in(x + self.position.weight[-L:][None]))
+        if self.from_start:  # left padding: the first item of a row has position 0
+            first = (tokens == PAD).sum(1, keepdim=True)
+            pos = self.position((torch.arange(L, device=x.device)[None] - first).clamp(min=0))
+        else:
+            pos = self.position.weight[-L:][None]
+        h = self.dropout(self.norm_in(x + pos))
         keep = (tokens != PAD).unsqueeze(-1)
         h = h * keep
         blocked = self.causal[-L:, -L:][None] | (tokens == PAD)[:, None, :]  # (B, L, L)

@@ -14,7 +14,7 @@ projection of its frozen feature (a learned "missing" vector where the feature i
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -39,6 +39,10 @@ class SASRec(SequentialRecommender):
         n_layers: int = Field(2, ge=1)
         n_heads: int = Field(2, ge=1)
         dropout: float = Field(0.2, ge=0, lt=1)
+        positions: Literal["from_end", "from_start"] = Field(
+            "from_end", description="position embeddings counted from the latest item (the paper's left-padded "
+                                    "slots) or from the oldest visible item (RecBole's; window training then "
+                                    "equals prefix training)")
 
     use_features = False
 
@@ -47,7 +51,8 @@ class SASRec(SequentialRecommender):
         d = config.embedding_size
         self.tokens = ItemTokens(self.n_items, d, data.modalities if self.use_features else None,
                                  use_ids=config.use_ids if self.use_features else True)
-        self.encoder = CausalTransformer(d, config.max_len, config.n_layers, config.n_heads, config.dropout)
+        self.encoder = CausalTransformer(d, config.max_len, config.n_layers, config.n_heads, config.dropout,
+                                         positions=config.positions)
 
     causal = True
 
