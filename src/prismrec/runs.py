@@ -79,7 +79,8 @@ class Run:
         ``users=None`` means every user of the dataset. The model prepares its scores once
         (``prepare_scoring`` on the whole history); each chunk is then scored, masked and cut to the top
         ``k`` like evaluation, so memory stays ``O(chunk x items)``. ``chunk_users`` defaults to the
-        evaluation's chunk size (``train.eval_batch_users``, 0 = sized to ~96 MiB of scores)."""
+        evaluation's chunk size (``train.eval_batch_users``, 0 = sized to evaluation's memory budget,
+        ``evaluate.ranking.EVAL_MEMORY_BYTES``)."""
         ds = self.dataset
         if users is None:
             internal, raw = np.arange(ds.n_users), np.asarray(ds.user_ids, dtype=object)

@@ -40,43 +40,89 @@ class FeatureShape:
         return int((~self.available).sum())
 
 
-@dataclass
+#: rows cast to float32 at a time by :meth:`Modality.chunks` (~32 MiB of 512-d rows)
+CAST_ROWS = 16_384
+
+
 class Modality(FeatureShape):
     """One item-feature matrix: row ``i`` describes internal item ``i``.
 
     ``available[i]`` is False where the item has no real feature (missing image, failed encoding);
-    such rows hold zeros and models must use the mask, never treat the zeros as a feature.
+    such rows read as zeros and models must use the mask, never treat the zeros as a feature.
+
+    Storage: ``stored`` is the matrix as read, float16 or float32, possibly memory-mapped from its
+    ``.npy`` file (the readers map feature files, so a 1M x 512 float16 image matrix costs page cache, not
+    process memory, until it is read). Readers of the features cast what they need, when they need it:
+    ``chunks()`` (float32 blocks of rows, e.g. to fill a model's table), ``rows(idx)`` (a batch's rows),
+    ``float32()`` (a fresh whole copy, e.g. for a kNN graph, dropped after use). ``values`` is the whole
+    matrix as float32, cast once on first use and kept (for code that indexes it repeatedly).
     """
 
-    name: str
-    values: np.ndarray
-    available: np.ndarray
-    provenance: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.values = np.ascontiguousarray(self.values, dtype=np.float32)
-        if self.values.ndim != 2:
+    def __init__(self, name: str, values: np.ndarray, available: np.ndarray | None = None,
+                 provenance: dict[str, Any] | None = None):
+        self.name = name
+        self.provenance = dict(provenance or {})
+        arr = values if isinstance(values, np.ndarray) else np.asarray(values)
+        if arr.dtype not in (np.float16, np.float32):
+            arr = np.asarray(arr, dtype=np.float32)
+        if arr.ndim != 2:
             raise DataError(
-                f"modality '{self.name}' must be a 2-D matrix (items x dim), got shape {self.values.shape}.",
+                f"modality '{self.name}' must be a 2-D matrix (items x dim), got shape {arr.shape}.",
                 file=self.provenance.get("file"),
             )
-        if self.available is None:
-            self.available = np.ones(len(self.values), dtype=bool)
-        self.available = np.asarray(self.available, dtype=bool)
-        if self.available.shape != (len(self.values),):
+        self.stored = arr
+        self.available = np.ones(len(arr), dtype=bool) if available is None else np.asarray(available, dtype=bool)
+        if self.available.shape != (len(arr),):
             raise DataError(
                 f"availability mask of modality '{self.name}' has {self.available.shape[0]} entries but the "
-                f"feature matrix has {len(self.values)} rows.",
+                f"feature matrix has {len(arr)} rows.",
                 file=self.provenance.get("mask_file"),
                 fix="give one boolean per item row.",
             )
-        self.values[~self.available] = 0.0
-        self.provenance = {**self.provenance, "dim": int(self.values.shape[1])}
+        self._values: np.ndarray | None = None
+        self.provenance = {**self.provenance, "dim": int(arr.shape[1])}
 
+    @property
+    def dim(self) -> int:
+        return int(self.stored.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+    def __repr__(self) -> str:
+        return f"Modality({self.name!r}, {len(self)} x {self.dim} {self.stored.dtype}, {self.n_missing} missing)"
+
+    @property
+    def values(self) -> np.ndarray:
+        """The whole matrix as float32 (unavailable rows zero), cast once and kept."""
+        if self._values is None:
+            self._values = self.float32()
+        return self._values
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """float32 rows ``idx`` (unavailable ones zero), cast from storage: a batch's cost, not the matrix's."""
+        idx = np.asarray(idx)
+        out = np.asarray(self.stored[idx], dtype=np.float32)
+        out[~self.available[idx]] = 0.0
+        return out
+
+    def chunks(self, rows: int = CAST_ROWS):
+        """``(start, float32 block)`` over the matrix, ``rows`` rows at a time."""
+        for start in range(0, len(self.stored), rows):
+            yield start, self.rows(np.arange(start, min(start + rows, len(self.stored))))
+
+    def float32(self) -> np.ndarray:
+        """A fresh float32 copy of the whole matrix (unavailable rows zero), filled block by block."""
+        out = np.empty(self.stored.shape, dtype=np.float32)
+        for start, block in self.chunks():
+            out[start:start + len(block)] = block
+        return out
 
     def take(self, rows: np.ndarray) -> "Modality":
-        """The modality for a subset or reordering of items (``rows`` are old internal ids)."""
-        return Modality(self.name, self.values[rows], self.available[rows], dict(self.provenance))
+        """The modality for a subset or reordering of items (``rows`` are old internal ids), in its storage
+        dtype (a float16 matrix stays float16)."""
+        rows = np.asarray(rows)
+        return Modality(self.name, np.asarray(self.stored[rows]), self.available[rows], dict(self.provenance))
 
     def describe(self) -> str:
         enc = self.provenance.get("encoder", "unknown encoder")
@@ -103,9 +149,9 @@ class Dataset:
         self._user_index: dict[str, int] | None = None
         self._item_index: dict[str, int] | None = None
         for m in self.modalities.values():
-            if len(m.values) != self.n_items:
+            if len(m) != self.n_items:
                 raise DataError(
-                    f"modality '{m.name}' has {len(m.values)} rows but the dataset has {self.n_items} items "
+                    f"modality '{m.name}' has {len(m)} rows but the dataset has {self.n_items} items "
                     "(row r must hold the features of item r).",
                     file=m.provenance.get("file"),
                     fix="write one feature row per item, in item-id order.",

@@ -172,7 +172,10 @@ def check_feature_layout(arr: np.ndarray, *, file: str) -> None:
 
 def check_feature_matrix(values: np.ndarray, *, file: str, n_rows: int | None = None,
                          modality: str = "") -> np.ndarray:
-    """Feature matrices must be 2-D, real, finite, with at least one column and one row per item."""
+    """Feature matrices must be 2-D, real, finite, with at least one column and one row per item.
+
+    float16 and float32 matrices are returned as they are (a memory-mapped file stays mapped; the check
+    reads it in blocks); other numeric types are cast to float32."""
     arr = np.asarray(values)
     check_feature_layout(arr, file=file)
     if n_rows is not None and arr.shape[0] != n_rows:
@@ -181,10 +184,13 @@ def check_feature_matrix(values: np.ndarray, *, file: str, n_rows: int | None = 
             "(row r must hold the features of item r).",
             file=file, fix="write one row per item in item-id order, or check you picked the right dataset.",
         )
-    arr = arr.astype(np.float32, copy=False)
-    finite = np.isfinite(arr).all(axis=1)
-    if not finite.all():
-        rows = np.flatnonzero(~finite)
+    if arr.dtype not in (np.float16, np.float32):  # float16 / float32 stay as stored (a mapped file stays mapped)
+        arr = arr.astype(np.float32)
+    step = max(1, (64 * 2**20) // max(arr.shape[1] * arr.dtype.itemsize, 1))  # ~64 MiB of rows at a time
+    bad = [start + np.flatnonzero(~np.isfinite(arr[start:start + step]).all(axis=1))
+           for start in range(0, len(arr), step)]
+    rows = np.concatenate(bad) if bad else np.zeros(0, np.int64)
+    if len(rows):
         shown = ", ".join(str(r) for r in rows[:5])
         raise DataError(
             f"{len(rows)} rows contain NaN or inf (rows {shown}{', ...' if len(rows) > 5 else ''}; row r is item r).",

@@ -91,7 +91,7 @@ def item_knn_scorer(train: sp.csr_matrix, fs: FeatureSet, k: int) -> Callable[[t
 def mask_modality(modality: Modality, ratio: float, seed: int) -> Modality:
     """The modality with the first ``ratio`` share of a seeded permutation of the items zeroed and flagged
     unavailable (the same items for every modality under one seed)."""
-    n = len(modality.values)
+    n = len(modality)
     masked = np.random.default_rng(seed).permutation(n)[: int(ratio * n)]
     available = modality.available.copy()
     available[masked] = False

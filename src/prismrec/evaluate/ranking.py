@@ -10,6 +10,7 @@ users and the per-user hit rows are summed across ranks (:mod:`prismrec.utils.di
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -18,14 +19,13 @@ import torch
 
 from ..data.split import Split
 from ..utils import distributed as dist
+from ..utils.topk import topk_rows
 from .metrics import METRICS, per_user_metrics, summarise
 
 if TYPE_CHECKING:
     from ..models.base import Recommender
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
-
-CHUNK_BYTES = 96 * 2**20
 
 
 @dataclass
@@ -64,36 +64,18 @@ def top_k(scores: torch.Tensor, k: int, exclude: tuple[np.ndarray, np.ndarray] |
     return topk_rows(scores, min(k, scores.shape[1]))
 
 
-def topk_rows(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exactly ``torch.topk(scores, k, dim=1)`` (largest first), about twice as fast on a CPU.
-
-    NumPy's introselect (``argpartition``) finds each row's ``k + 1`` largest scores, which are then sorted.
-    Where a row's ``k + 1`` largest values are all distinct (and not NaN) the top k and their order are
-    unique, so this is torch's answer; rows with a tie among them (equal scores, several ``-inf``, NaN),
-    where the order among equal values is the algorithm's choice, are answered by ``torch.topk`` itself.
-    """
-    n = scores.shape[1] if scores.dim() == 2 else 0
-    if scores.device.type != "cpu" or scores.dtype != torch.float32 or k < 1 or k + 1 >= n or scores.requires_grad:
-        return torch.topk(scores, k, dim=1)
-    x = scores.detach().contiguous().numpy()
-    part = np.argpartition(x, n - k - 1, axis=1)[:, n - k - 1:]  # the k + 1 largest, unordered
-    vals = np.take_along_axis(x, part, axis=1)
-    order = np.argsort(vals, axis=1)[:, ::-1]
-    idx = np.take_along_axis(part, order, axis=1)
-    vals = np.take_along_axis(vals, order, axis=1)
-    ties = (vals[:, :-1] == vals[:, 1:]).any(axis=1) | np.isnan(vals).any(axis=1)
-    values, indices = torch.from_numpy(np.ascontiguousarray(vals[:, :k])), torch.from_numpy(idx[:, :k].astype(np.int64))
-    if ties.any():
-        rows = torch.from_numpy(np.flatnonzero(ties))
-        exact = torch.topk(scores[rows], k, dim=1)
-        values[rows], indices[rows] = exact.values, exact.indices
-    return values, indices
+#: evaluation's memory budget for one chunk of scores: the float32 score rows (kept in one buffer that
+#: every chunk reuses) and the model's temporaries while it scores them, counted as 8 bytes per score
+EVAL_MEMORY_BYTES = 256 * 2**20
+SCORE_BYTES = 8
 
 
-def auto_chunk(n_items: int, requested: int = 0) -> int:
+def auto_chunk(n_items: int, requested: int = 0, budget: int = EVAL_MEMORY_BYTES) -> int:
+    """Users per scoring chunk: ``requested`` (``train.eval_batch_users``) when set, else as many as fit
+    ``budget`` bytes at :data:`SCORE_BYTES` per score (at least 1, at most 4096)."""
     if requested > 0:
         return requested
-    return int(max(64, min(2048, CHUNK_BYTES // max(4 * n_items, 1))))
+    return int(max(1, min(4096, budget // max(SCORE_BYTES * n_items, 1))))
 
 
 class RankingEvaluator:
@@ -120,10 +102,16 @@ class RankingEvaluator:
     def evaluate_model(self, model: "Recommender", **kwargs) -> EvalResult:
         """Evaluate ``model`` through the scoring contract: ``prepare_scoring`` with what is known at this
         stage (``split.history(stage)``), then ``score`` on chunks of users (see :meth:`evaluate`)."""
+        from ..models.base import DotProductRecommender
+
         model.eval()
         with torch.no_grad():
             model.prepare_scoring(self.history)
-            return self.evaluate(model.score, device=model.device, **kwargs)
+            score = model.score
+            if isinstance(model, DotProductRecommender):  # scores written into one buffer every chunk reuses
+                out = torch.empty((min(self.chunk, max(len(self.users), 1)), self.n_items), device=model.device)
+                score = partial(model.score, out=out)  # (a fresh buffer per chunk costs page faults: ~2x slower)
+            return self.evaluate(score, device=model.device, **kwargs)
 
     def evaluate(self, score_fn: ScoreFn, *, keep_per_user: bool = False, keep_topk: bool = False,
                  item_groups: dict[str, np.ndarray] | None = None, device: torch.device | None = None
@@ -144,13 +132,10 @@ class RankingEvaluator:
                 users = self.users[start:min(start + self.chunk, share.stop)]
                 scores = score_fn(torch.as_tensor(users, dtype=torch.long, device=device)).float()
                 idx = top_k(scores, kmax, rows_of(self.mask, users))[1]
-                truth = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-                r, c = rows_of(self.truth, users)
-                truth[torch.as_tensor(r, device=scores.device), torch.as_tensor(c, device=scores.device)] = True
-                all_hits[start:start + len(users)] = torch.gather(truth, 1, idx).cpu().numpy()
+                all_hits[start:start + len(users)] = self._hits(users, idx)
                 if top is not None:
                     top[start:start + len(users)] = idx.cpu().numpy()
-                del scores, truth
+                del scores
         if dist.active():  # every rank's rows summed: all ranks hold every user's result
             all_hits = dist.sum_across(all_hits, device)
             top = dist.sum_across(top, device) if top is not None else None
@@ -160,6 +145,17 @@ class RankingEvaluator:
         for name, mask in (item_groups or {}).items():
             self._segment(result, name, np.asarray(mask, dtype=bool), all_hits, top)
         return result
+
+    def _hits(self, users: np.ndarray, idx: torch.Tensor) -> np.ndarray:
+        """Which of the top-k items ``idx`` (one row per user) are in each user's ground truth: the
+        ``(row, item)`` keys of the truth, sorted, searched for the top-k keys (no users x items mask)."""
+        r, c = rows_of(self.truth, users)
+        keys = torch.from_numpy(np.sort(r.astype(np.int64) * self.n_items + c)).to(idx.device)
+        if len(keys) == 0:
+            return np.zeros(tuple(idx.shape), dtype=bool)
+        query = torch.arange(len(users), device=idx.device).unsqueeze(1) * self.n_items + idx
+        pos = torch.searchsorted(keys, query).clamp_(max=len(keys) - 1)
+        return (keys[pos] == query).cpu().numpy()
 
     def _segment(self, result: EvalResult, name: str, item_mask: np.ndarray, hits: np.ndarray,
                  top: np.ndarray) -> None:

@@ -26,6 +26,7 @@ import scipy.sparse as sp
 import torch
 
 from ..errors import ConfigError
+from ..utils.topk import topk_rows
 from .sparse import sym_normalize
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,7 +64,7 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 def _stable_topk(sims: torch.Tensor, col_offset_ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k per row with ties broken by smaller id: sort candidates by (-score, id)."""
     kk = min(k + 8, sims.shape[1])  # a few spare candidates so ties at the boundary resolve by id
-    vals, idx = torch.topk(sims, kk, dim=1)
+    vals, idx = topk_rows(sims, kk)  # torch.topk's answer, without a sort of the whole row
     ids = col_offset_ids[idx]
     # lexicographic sort: primary -score, secondary id (ids are < 2**31, scores rounded to float32)
     order = torch.argsort(ids, dim=1, stable=True)
@@ -79,9 +80,10 @@ def _knn_torch(x: np.ndarray, k: int, exclude_self: bool) -> tuple[np.ndarray, n
     ids = torch.arange(n)
     out_i = np.empty((n, k), dtype=np.int64)
     out_s = np.empty((n, k), dtype=np.float32)
+    buffer = torch.empty((rows, n))  # one block buffer for every block (fresh ones cost page faults)
     with torch.no_grad():
         for start in range(0, n, rows):
-            block = xt[start:start + rows] @ xt.T
+            block = torch.mm(xt[start:start + rows], xt.T, out=buffer[:min(rows, n - start)])
             if exclude_self:
                 r = torch.arange(block.shape[0])
                 block[r, r + start] = -torch.inf
@@ -234,12 +236,13 @@ def multimodal_knn_graph(modalities: dict[str, "Modality"], k: int, weights: dic
     An item that lacks modality ``m`` has no row in ``S^m``; its row of ``S`` is divided by the weight of
     the modalities it has, so every item with at least one feature keeps a row of total weight 1.
     """
-    n = len(next(iter(modalities.values())).values)
+    n = len(next(iter(modalities.values())))
     total = sp.csr_matrix((n, n), dtype=np.float32)
     have = np.zeros(n, dtype=np.float64)
     for name, w in weights.items():
         m = modalities[name]
-        total = total + w * knn_graph(m.values, k, norm="sym", available=m.available)
+        # a float32 copy for the search only (not the modality's kept one): one modality at a time
+        total = total + w * knn_graph(m.float32(), k, norm="sym", available=m.available)
         have += w * m.available
     scale = np.divide(1.0, have, out=np.zeros_like(have), where=have > 0).astype(np.float32)
     return (sp.diags(scale) @ total).tocsr()

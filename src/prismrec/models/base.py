@@ -172,11 +172,15 @@ class DotProductRecommender(Recommender):
     def clear_scoring(self) -> None:
         self._cache = None
 
-    def score(self, users: torch.Tensor) -> torch.Tensor:
+    def score(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``(len(users), n_items)`` scores; ``out`` (at least that many rows, the vectors' dtype and device)
+        receives them, so evaluation reuses one buffer for every chunk instead of allocating each."""
         if self._cache is None:
             self.prepare_scoring()
         u, i = self._cache
-        return u[users] @ i.T
+        if out is None or out.dtype != u.dtype or out.device != u.device or out.shape[0] < len(users):
+            return u[users] @ i.T
+        return torch.mm(u[users], i.T, out=out[:len(users)])
 
 
 MODELS: Registry[type[Recommender]] = Registry("model")

@@ -32,7 +32,11 @@ class FeatureTable(FeatureShape, nn.Module):
 
     def __init__(self, modality: Modality, *, standardize: bool = False, trainable: bool = False):
         super().__init__()
-        values = modality.values.astype(np.float32)
+        # filled block by block from the (possibly float16, memory-mapped) storage: the only whole copy is
+        # this float32 table itself
+        values = np.empty((len(modality.available), modality.dim), dtype=np.float32)
+        for start, block in modality.chunks():
+            values[start:start + len(block)] = block
         if standardize:
             avail = modality.available
             mu = values[avail].mean(axis=0, keepdims=True) if avail.any() else 0.0

@@ -31,7 +31,7 @@ import torch
 from ..config import TrainConfig
 from ..data.split import Split
 from ..data.training import TrainingData
-from ..evaluate.ranking import RankingEvaluator
+from ..evaluate.ranking import SCORE_BYTES, RankingEvaluator
 from ..models.base import Recommender
 from ..utils import distributed as dist
 from ..utils.io import save_torch
@@ -95,7 +95,7 @@ class Trainer:
                 buffers += b.crow_indices().numel() * b.crow_indices().element_size()
             else:
                 buffers += b.numel() * b.element_size()
-        chunk = self.valid_eval.chunk * self.data.n_items * 5
+        chunk = self.valid_eval.chunk * self.data.n_items * SCORE_BYTES
         est = {"parameters": params, "adam state": 2 * params, "graphs and features": buffers,
                "evaluation chunk": chunk, **self.model.memory_hint()}
         est["total"] = sum(est.values())

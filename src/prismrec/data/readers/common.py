@@ -76,7 +76,8 @@ def find_feature_files(folder: Path) -> dict[str, Path]:
 def load_modality(name: str, path: Path, n_items: int | None, provenance: dict[str, Any] | None = None,
                   mask_path: Path | None = None) -> Modality:
     """Load one ``.npy`` feature file (and optional boolean availability mask) as a Modality."""
-    values = check_feature_matrix(load_array(path), file=str(path), n_rows=n_items, modality=name)
+    # memory-mapped: float16 / float32 files are read block by block when used, never copied whole here
+    values = check_feature_matrix(load_array(path, mmap_mode="r"), file=str(path), n_rows=n_items, modality=name)
     available = None
     if mask_path is not None and mask_path.is_file():
         available = load_array(mask_path).astype(bool).reshape(-1)

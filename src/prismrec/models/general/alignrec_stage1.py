@@ -121,7 +121,7 @@ class AlignmentEncoder(nn.Module):
     def encode(self, modalities: dict[str, Modality], chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
         """The unified feature of every item: mean of the aligned vectors of its available modalities,
         L2-normalised (the fusion step); returns ``(values, available)``."""
-        n = len(modalities[self.names[0]].values)
+        n = len(modalities[self.names[0]])
         out = np.zeros((n, self.dim), dtype=np.float32)
         count = np.zeros(n, dtype=np.float32)
         for name in self.names:

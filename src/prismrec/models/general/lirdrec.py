@@ -56,7 +56,7 @@ def dct_spectrum(modality: Modality, mode: str) -> np.ndarray:
     with the mean of the available rows first (a zero row would leak into every frequency).
     ``"none"``: the raw features.
     """
-    x = modality.values.astype(np.float32)
+    x = modality.float32()  # a fresh copy (cast block by block from storage), changed below
     if mode == "none":
         return x
     if mode == "1d":

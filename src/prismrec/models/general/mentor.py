@@ -58,7 +58,7 @@ class FeatureMLPs(nn.Module):
         self._tables = [tables if tables is not None else feature_tables(modalities, self.names)]
         if tables is None:
             self.tables = self._tables[0]
-        self.proj = nn.ModuleDict({n: MaskedProjection(modalities[n].values.shape[1], out_dim, hidden=hidden)
+        self.proj = nn.ModuleDict({n: MaskedProjection(modalities[n].dim, out_dim, hidden=hidden)
                                    for n in self.names})
 
     def forward(self, name: str, items: torch.Tensor | None = None) -> torch.Tensor:
