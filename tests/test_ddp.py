@@ -202,3 +202,11 @@ def test_ddp_run_resumes_after_sigkill(bpr_runs, tmp_path):
     assert m_res["best_epoch"] == m_ref["best_epoch"]
     assert m_res["test"] == m_ref["test"] and m_res["valid"] == m_ref["valid"]
     assert [h["loss"] for h in history(run_dir)] == [h["loss"] for h in history(ref)]
+
+
+def test_commands_that_are_not_data_parallel_refuse_torchrun(tmp_path):
+    env = {**cli_env(), "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+    proc = subprocess.run([sys.executable, "-m", "prismrec", "compare", "-m", "bpr", "-d", "demo", "-o",
+                           str(tmp_path / "c")], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "is not data-parallel" in proc.stderr and "torchrun" in proc.stderr
+    assert not (tmp_path / "c").exists()

@@ -144,6 +144,17 @@ _TRACK_URI_HELP = ("where: a folder (TensorBoard log root; MLflow file store) or
                    "(sqlite:///mlflow.db, http://host:5000); default under --out")
 
 
+def _one_process(command: str) -> None:
+    """Refuse a command that is not data-parallel when torchrun started several processes."""
+    from ..errors import PrismrecError
+    from ..utils.distributed import launched
+
+    if launched() and os.environ.get("WORLD_SIZE", "1") != "1":
+        raise PrismrecError(f"`prismrec {command}` is not data-parallel: under torchrun every process would run all of "
+                            "it. Fix: run it without torchrun (only `prismrec train` runs data-parallel: "
+                            "torchrun --nproc_per_node N -m prismrec train ...).")
+
+
 def _print(text: str) -> None:
     from ..utils.distributed import env_rank
 
@@ -233,6 +244,7 @@ def compare(
     track_uri: Optional[str] = typer.Option(None, "--track-uri", help=_TRACK_URI_HELP),
 ) -> None:
     """Train several models (x seeds) on one split; print and save a Markdown and CSV table."""
+    _one_process("compare")
     from ..compare import compare as run_compare
     from ..config import parse_overrides
 
@@ -288,6 +300,7 @@ def tune(
 ) -> None:
     """Search hyper-parameters on VALIDATION (Optuna TPE with pruning, or an exact grid), then run the
     chosen setting over several seeds (test mean and spread). See docs/cli.md."""
+    _one_process("tune")
     from .tune_cli import run_tune_command
 
     args = locals()
@@ -501,6 +514,7 @@ def pretrain(
     resume: bool = typer.Option(False, "--resume", help="continue the pre-training in --out from its last epoch"),
 ) -> None:
     """ANT multi-domain pre-training (batches mix the domains); refuses to mix feature spaces."""
+    _one_process("pretrain")
     from ..transfer import pretrain as run_pretrain
 
     meta = run_pretrain(data, out, config_files=config, overrides=_transfer_overrides(encoder, set_), seed=seed,
