@@ -99,3 +99,24 @@ def test_shared_tables_and_blocks_change_no_loss_or_gradient(name):
             continue
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sasrecf", "gru4rec", "mdsrec"])
+def test_scoring_in_length_groups_gives_the_same_scores(name, monkeypatch):
+    """score() encodes users grouped by history length (each group padded to its own longest history):
+    the scores are those of encoding every user's full-width padded history, in the order asked."""
+    from prismrec.runs import train_run
+
+    # the bundled demo data: histories of 3 to 20+ items, so the groups have different widths
+    run = train_run(name, "demo", None, overrides=["train.batch_size=512", "max_len=12", "embedding_size=16",
+                                                   "n_centers=5"][: 4 if name == "mdsrec" else 3], epochs=1)
+    model = run.model.eval()
+    monkeypatch.setattr(type(model), "encode_group", 7)
+    users = np.random.default_rng(0).permutation(run.dataset.n_users)[:60]
+    with torch.no_grad():
+        model.prepare_scoring(run.split.history("test"))
+        got = model.score(torch.as_tensor(users))
+        want = model.encode(torch.as_tensor(model.user_sequences(users))) @ model.item_embeddings().T
+        vectors, items = model.user_item_vectors()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(vectors[torch.as_tensor(users)] @ items.T, want, rtol=1e-5, atol=1e-5)

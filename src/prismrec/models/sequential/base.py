@@ -282,18 +282,37 @@ class SequentialRecommender(Recommender):
     def _items(self) -> torch.Tensor:
         return self._item_cache if self._item_cache is not None else self.item_embeddings()
 
+    #: users encoded together when scoring; they are grouped by history length, so a group is padded only
+    #: to its own longest history (most histories are far shorter than ``max_len``)
+    encode_group: ClassVar[int] = 256
+
+    def encode_users(self, users: np.ndarray, history: History | None = None) -> torch.Tensor:
+        """``encode`` of the histories of ``users`` ``(len(users), d)``, in the order given: the users are
+        sorted by history length and encoded in groups of ``encode_group``, each group padded only to its
+        own longest history (padding changes no result: it is masked, positions do not depend on it)."""
+        indptr, _ = history.sequences if history is not None else self._history
+        users = np.asarray(users, dtype=np.int64)
+        order = np.argsort(np.minimum(indptr[users + 1] - indptr[users], self.max_len), kind="stable")
+        out: torch.Tensor | None = None
+        for s in range(0, len(order), self.encode_group):
+            part = order[s:s + self.encode_group]
+            h = self.encode(torch.as_tensor(self.user_sequences(users[part], history), device=self.device))
+            if out is None:
+                out = h.new_empty((len(users), *h.shape[1:]))
+            out[torch.as_tensor(part, device=h.device)] = h
+        if out is None:  # no user
+            out = self.encode(torch.as_tensor(self.user_sequences(users, history), device=self.device))
+        return out
+
     def score(self, users: torch.Tensor) -> torch.Tensor:
-        seqs = torch.as_tensor(self.user_sequences(users.cpu().numpy()), device=users.device)
-        return self.encode(seqs) @ self._items().T
+        return self.encode_users(users.cpu().numpy()).to(users.device) @ self._items().T
 
     @torch.no_grad()
-    def user_item_vectors(self, history: History | None = None, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    def user_item_vectors(self, history: History | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Every user's encoded history (``history``, else the last scoring history) and the item table."""
         items = self._items()
-        users = [self.encode(torch.as_tensor(self.user_sequences(np.arange(s, min(s + chunk, self.n_users)), history),
-                                             device=self.device))
-                 for s in range(0, self.n_users, chunk)]
-        return (torch.cat(users) if users else items.new_zeros(0, items.shape[1])), items
+        users = self.encode_users(np.arange(self.n_users), history) if self.n_users else items.new_zeros(0, items.shape[1])
+        return users, items
 
     def session_vectors(self, sessions: Sequence[Sequence[int]]) -> torch.Tensor:
         """Query vectors ``(len(sessions), d)`` of arbitrary sessions (internal item ids, oldest first)."""
