@@ -279,9 +279,24 @@ class ANT(SequentialRecommender):
         return {m: (t.values, t.available) for m, t in self.features.items()}
 
     def _token_parts(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        held = getattr(self, "_held_parts", None)  # one scoring pass: computed once in prepare_scoring
+        if held is not None and not self.training and not torch.is_grad_enabled():
+            return held
         fused, parts = self.item_encoder(self.tables())
         pad = lambda t: nn.functional.pad(t, (0, 0, 1, 0))  # noqa: E731  row 0 = padding token
         return fused, {k: pad(v) for k, v in self.item_encoder.fuse(parts).items()}
+
+    @torch.no_grad()
+    def prepare_scoring(self, history=None) -> None:
+        """The base's, with the item encoder's output held for the whole pass (every group of users
+        encoded by ``score`` reads it)."""
+        self._held_parts = None
+        self._held_parts = self._token_parts()
+        super().prepare_scoring(history)
+
+    def clear_scoring(self) -> None:
+        super().clear_scoring()
+        self._held_parts = None
 
     def input_parts(self, seqs: torch.Tensor) -> dict[str, torch.Tensor]:
         _, parts = self._token_parts()
