@@ -186,7 +186,7 @@ def train(
                         epochs=epochs, resume=resume, progress=_progress(), device=device)
     m = run.metrics
     _print(_metrics_table(m["test"], title=f"{m['model']} on {m['dataset']}: test at best epoch {m['best_epoch']} "
-                                           f"(of {m['epochs_run']}, {m['train_seconds']:.1f}s)"))
+                                           f"(of {m['epochs_run']}, {m['train_seconds']:.1f}s; {_protocol(m)})"))
     _print(f"run saved in {out}")
 
 
@@ -546,7 +546,7 @@ def adapt(
                     overrides=_transfer_overrides(encoder, set_), seed=seed, epochs=epochs, resume=resume, progress=_progress(), device=device)
     m = run.metrics
     _print(_metrics_table(m["test"], title=f"ant ({strategy}) on {m['dataset']}: test at best epoch {m['best_epoch']} "
-                                           f"(of {m['epochs_run']}, {m['train_seconds']:.1f}s)"))
+                                           f"(of {m['epochs_run']}, {m['train_seconds']:.1f}s; {_protocol(m)})"))
     _print(f"run saved in {out}")
 
 
@@ -627,6 +627,11 @@ def serve(
     run_serve(bundle, host=host, port=port, log_level="info" if _STATE["verbose"] else "warning", state_dir=state,
               ann_threshold=ann_threshold, max_k=max_k, max_body_bytes=int(max_body_mb * 2 ** 20),
               threads=workers_threads, cold_start=cold_start, workers=workers, store_url=store)
+
+
+def _protocol(metrics: dict) -> str:
+    """Whether a run's ranking masked the user's history (its metrics.json), for table titles."""
+    return "history masked" if metrics.get("mask_history", True) else "history not masked"
 
 
 def _metrics_table(metrics: dict, title: str) -> str:
