@@ -13,8 +13,8 @@ import argparse
 from pathlib import Path
 
 from prismrec.report.paired import paired_over_seeds
-from prismrec.report.tables import Table, ci, num, pvalue, signed
-from prismrec.runs import load_per_user
+from prismrec.report.tables import Table, ci, history_protocol, num, pvalue, signed
+from prismrec.runs import load_per_user, masked_history
 
 
 def seed_runs(root: Path, model: str, layout: str) -> dict[str, Path]:
@@ -32,8 +32,10 @@ def main() -> None:
     ap.add_argument("--layout", default="tune", choices=["tune", "compare"])
     a = ap.parse_args()
     ref = seed_runs(a.root, a.ref, a.layout)
+    every = [*ref.values(), *(p for m in a.models.split(",") for p in seed_runs(a.root, m, a.layout).values())]
     table = Table(["model", "metric", "seed", "ref", "model", "diff", "95% CI", "t p", "Wilcoxon p"],
-                  caption=f"\nPaired tests on `{a.root.name}` against **{a.ref}** (per-user test metric, B - A)")
+                  caption=f"\nPaired tests on `{a.root.name}` against **{a.ref}** (per-user test metric, B - A; "
+                          f"{history_protocol(masked_history(p) for p in every)})")
     for model in a.models.split(","):
         runs = seed_runs(a.root, model, a.layout)
         seeds = sorted(set(ref) & set(runs))

@@ -62,3 +62,18 @@ def test_compare_caption_states_the_protocol(tmp_path):
     assert "history not masked" in res.markdown.splitlines()[0]
     assert history_protocol([True, True]) == "history masked"
     assert "some runs" in history_protocol([True, False])
+
+
+def test_masked_history_of_runs_old_and_new(run_dir, tmp_path):
+    """metrics.json says it; a run written before it did: its config.yaml."""
+    import shutil
+
+    from prismrec.runs import masked_history
+
+    assert masked_history(run_dir) is True
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    m = json.loads((old / "metrics.json").read_text())
+    del m["mask_history"]
+    (old / "metrics.json").write_text(json.dumps(m))
+    assert masked_history(old) is True

@@ -23,7 +23,7 @@ from .config import Overrides, OverridesLike, merge_overrides, parse_grid, parse
 from .errors import ConfigError
 from .report.paired import paired_over_seeds
 from .report.tables import Table, history_protocol, num, protocol_caption, pvalue, seed_summary_table
-from .runs import METRICS_FILE, PER_USER_FILE, load_per_user, reuse_finished, train_run
+from .runs import METRICS_FILE, PER_USER_FILE, load_per_user, masked_history, reuse_finished, train_run
 from .utils.io import read_json, write_text
 
 ENTRY_RE = re.compile(r"^\s*(?P<model>[A-Za-z0-9_\-]+)\s*(?:\[(?P<settings>.*)\])?\s*$")
@@ -144,7 +144,8 @@ def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *
         row = {"entry": entry.label, "model": m["model"], "seed": seed, "best_epoch": m["best_epoch"],
                "epochs_run": m["epochs_run"], "train_seconds": m["train_seconds"],
                "epoch_seconds": m.get("epoch_seconds"), "eval_seconds": m.get("eval_seconds"),
-               "peak_rss_mb": m.get("peak_rss_mb"), "mask_history": _mask_history(m, run_dir),
+               "peak_rss_mb": m.get("peak_rss_mb"),
+               "mask_history": bool(m["mask_history"]) if "mask_history" in m else masked_history(run_dir),
                "run_dir": str(run_dir)}
         row.update({f"test_{k}": m["test"].get(k, np.nan) for k in metrics})
         row.update({f"valid_{k}": m["valid"].get(k, np.nan) for k in metrics})
@@ -237,16 +238,6 @@ def _per_user_seeds(entry_dir: Path, seeds: Sequence[int], metric: str) -> list[
             return None
         acc.append(z)
     return acc
-
-
-def _mask_history(metrics: dict[str, Any], run_dir: Path) -> bool:
-    """Whether a finished run masked the user's history when ranking (runs written before metrics.json
-    recorded it: their config.yaml)."""
-    if "mask_history" in metrics:
-        return bool(metrics["mask_history"])
-    from .runs import load_run_config
-
-    return bool(load_run_config(run_dir).train.mask_history)
 
 
 def _markdown(summary: pd.DataFrame, metrics: Sequence[str], data: Any, seeds: Sequence[int],

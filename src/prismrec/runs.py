@@ -457,6 +457,15 @@ def protocol_of(cfg: RunConfig) -> str:
     return "history masked" if cfg.train.mask_history else "history not masked"
 
 
+def masked_history(run_dir: str | Path) -> bool:
+    """Whether a finished run ranked with the user's history masked (its metrics.json; runs written before
+    metrics.json recorded it: their config.yaml)."""
+    metrics = read_json(Path(run_dir) / METRICS_FILE) if (Path(run_dir) / METRICS_FILE).is_file() else {}
+    if "mask_history" in metrics:
+        return bool(metrics["mask_history"])
+    return bool(load_run_config(run_dir).train.mask_history)
+
+
 def load_run_config(run_dir: str | Path) -> RunConfig:
     """The resolved configuration a run directory was trained with (its ``config.yaml``)."""
     run_dir = Path(run_dir)
