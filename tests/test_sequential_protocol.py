@@ -62,6 +62,7 @@ def test_compare_caption_states_the_protocol(tmp_path):
     assert "history not masked" in res.markdown.splitlines()[0]
     assert history_protocol([True, True]) == "history masked"
     assert "some runs" in history_protocol([True, False])
+    assert history_protocol([None, True]) == "history masked" and history_protocol([None]) == ""
 
 
 def test_masked_history_of_runs_old_and_new(run_dir, tmp_path):

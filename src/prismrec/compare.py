@@ -145,7 +145,7 @@ def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *
                "epochs_run": m["epochs_run"], "train_seconds": m["train_seconds"],
                "epoch_seconds": m.get("epoch_seconds"), "eval_seconds": m.get("eval_seconds"),
                "peak_rss_mb": m.get("peak_rss_mb"),
-               "mask_history": bool(m["mask_history"]) if "mask_history" in m else masked_history(run_dir),
+               "mask_history": m["mask_history"] if "mask_history" in m else masked_history(run_dir),
                "run_dir": str(run_dir)}
         row.update({f"test_{k}": m["test"].get(k, np.nan) for k in metrics})
         row.update({f"valid_{k}": m["valid"].get(k, np.nan) for k in metrics})

@@ -457,13 +457,16 @@ def protocol_of(cfg: RunConfig) -> str:
     return "history masked" if cfg.train.mask_history else "history not masked"
 
 
-def masked_history(run_dir: str | Path) -> bool:
+def masked_history(run_dir: str | Path) -> bool | None:
     """Whether a finished run ranked with the user's history masked (its metrics.json; runs written before
-    metrics.json recorded it: their config.yaml)."""
+    metrics.json recorded it: their config.yaml); None when the folder says neither."""
     metrics = read_json(Path(run_dir) / METRICS_FILE) if (Path(run_dir) / METRICS_FILE).is_file() else {}
     if "mask_history" in metrics:
         return bool(metrics["mask_history"])
-    return bool(load_run_config(run_dir).train.mask_history)
+    if not (Path(run_dir) / CONFIG_FILE).is_file():
+        return None
+    return bool(RunConfig.from_run_dict(_load_config_dict(Path(run_dir)), where=str(Path(run_dir) / CONFIG_FILE))
+                .train.mask_history)
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:

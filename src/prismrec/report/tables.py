@@ -79,11 +79,12 @@ def best_rows(values: Iterable[Any], higher_is_better: bool = True) -> set[int]:
     return {i for i, v in vals if v == best}
 
 
-def history_protocol(masked: Iterable[bool]) -> str:
+def history_protocol(masked: Iterable[bool | None]) -> str:
     """How the runs of a table ranked: ``history masked`` (the user's known items are not ranked),
     ``history not masked`` (RecBole's full ranking of sequential models, under which UniSRec, VQ-Rec and
-    MISSRec report), or ``history masked in some runs only`` when a table mixes them."""
-    kinds = set(bool(m) for m in masked)
+    MISSRec report), or ``history masked in some runs only`` when a table mixes them (None: a run that
+    does not say; ignored)."""
+    kinds = set(bool(m) for m in masked if m is not None)
     if kinds == {True}:
         return "history masked"
     if kinds == {False}:
