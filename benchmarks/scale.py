@@ -12,12 +12,13 @@ The generator (fixed seed) writes an MMRec folder the readers take as is:
 * ``<name>.inter``: ``userID itemID x_label timestamp``, each user's interactions in time order, the last
   one test (2) and the one before validation (1): the same split for both families.
 
-Sizes: ``1m`` (1M interactions, 100k users, 50k items), ``3m`` (3M, 300k, 200k), ``10m`` (10M, 1M,
-1M items). For each size and model (LightGCN, FREEDOM, LIRDRec, SASRec-F) a child process (one torch
-thread) measures: read + validate + split seconds, seconds of one training epoch, seconds of one full
-validation evaluation (every validation user ranked against every item), peak RSS; and the evaluation's
-effective GFLOP/s (the scoring products ``2 x users x items x d`` over the evaluation's wall time) against
-this CPU's fp32 GEMM rate, measured in the same run (``torch.mm`` of 2048 x 2048, one thread).
+Sizes: ``100k`` and ``300k`` (for the trend), ``1m`` (1M interactions, 100k users, 50k items), ``3m``
+(3M, 300k users, 200k items), ``10m`` (10M, 1M users, 1M items). For each size and model (LightGCN,
+FREEDOM, LIRDRec, SASRec-F) a child process (one torch thread) measures: read + validate + split
+seconds, seconds of one training epoch (wall and CPU), seconds of one full validation evaluation (every
+validation user ranked against every item; wall and CPU), peak RSS; and the evaluation's effective
+GFLOP/s (the scoring products ``2 x users x items x d`` over the evaluation's time) against this CPU's
+fp32 GEMM rate, measured in the same process (``torch.mm`` of 2048 x 2048, one thread, best of 3).
 
     python benchmarks/scale.py --sizes 1m --models lightgcn,freedom,lirdrec,sasrecf --out bench_scale
     python benchmarks/scale.py --sizes baby --models lightgcn          # a real dataset by name
@@ -40,6 +41,8 @@ from pathlib import Path
 import numpy as np
 
 SIZES = {  # interactions, users, items
+    "100k": (100_000, 10_000, 5_000),
+    "300k": (300_000, 30_000, 15_000),
     "1m": (1_000_000, 100_000, 50_000),
     "3m": (3_000_000, 300_000, 200_000),
     "10m": (10_000_000, 1_000_000, 1_000_000),
@@ -135,20 +138,21 @@ def generate(folder: Path, n_inter: int, n_users: int, n_items: int, *, seed: in
 
 
 # ------------------------------------------------------------------------------------------ measuring
-def gemm_gflops(n: int = 2048, repeat: int = 3) -> float:
-    """fp32 GEMM rate of this process (its torch threads): best of ``repeat`` products of n x n."""
+def gemm_gflops(n: int = 2048, repeat: int = 3, clock=time.process_time) -> float:
+    """fp32 GEMM rate of this process (its torch threads): best of ``repeat`` products of n x n, per second
+    of ``clock`` (CPU seconds by default: other programs on a shared machine do not lower it)."""
     import torch
 
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeat))
+    best = min(_timed(lambda: a @ b, clock) for _ in range(repeat))
     return 2 * n**3 / best / 1e9
 
 
-def _timed(f) -> float:
-    t = time.perf_counter()
+def _timed(f, clock=time.perf_counter) -> float:
+    t = clock()
     f()
-    return time.perf_counter() - t
+    return clock() - t
 
 
 class _FirstBatches:
@@ -167,7 +171,7 @@ class _FirstBatches:
             yield batch
 
 
-def measure(data: str, model: str, max_batches: int = 0, sets: list[str] | None = None) -> dict:
+def measure(data: str, model: str, max_batches: int = 0, sets: list[str] | None = None, eval_users: int = 0) -> dict:
     """One model on one dataset in this process: the five figures (see the module docstring)."""
     import torch
 
@@ -181,7 +185,7 @@ def measure(data: str, model: str, max_batches: int = 0, sets: list[str] | None 
     from prismrec.utils.runtime import peak_rss_mb
 
     torch.set_num_threads(1)
-    gemm = gemm_gflops()
+    gemm, gemm_wall = gemm_gflops(), gemm_gflops(clock=time.perf_counter)
     cfg = build_config(model, data, overrides=["train.threads=1", "train.epochs=1", *MODEL_SETS.get(model, []),
                                                *(sets or [])], seed=0)
     t0 = time.perf_counter()
@@ -192,6 +196,10 @@ def measure(data: str, model: str, max_batches: int = 0, sets: list[str] | None 
     net, tdata = build_model(cfg, ds, split)
     build_s = time.perf_counter() - t0
     trainer = Trainer(net, tdata, split, cfg.train, cfg.seed)
+    if eval_users > 0:  # rank only the first N validation users (against every item)
+        full = trainer.valid_eval
+        trainer.valid_eval = RankingEvaluator(split, "valid", cfg.train.eval_ks, users=full.users[:eval_users],
+                                              chunk_users=cfg.train.eval_batch_users)
     sampler = net.build_sampler(tdata, cfg.train) or make_sampler(net.sampler, tdata.train, tdata.train_items,
                                                                   cfg.train.num_negatives)
     n_batches = sampler.n_batches(cfg.train.batch_size)
@@ -223,39 +231,77 @@ def measure(data: str, model: str, max_batches: int = 0, sets: list[str] | None 
             d = int(net.item_embeddings().shape[1]) if hasattr(net, "item_embeddings") else \
                 int(net.user_item_vectors(split.history("valid"))[1].shape[1])
     flops = 2.0 * len(ev.users) * split.n_items * d if d else float("nan")
+    shape_gemm = None
+    if d:  # the bare score product at the evaluation's shape (chunk x d) @ (d x items), into a reused buffer
+        u, v = torch.randn(ev.chunk, d), torch.randn(split.n_items, d)
+        buf = torch.empty(ev.chunk, split.n_items)
+        shape_gemm = 2.0 * ev.chunk * split.n_items * d / min(
+            _timed(lambda: torch.mm(u, v.T, out=buf), time.process_time) for _ in range(3)) / 1e9
+        del u, v, buf
     return {
         "data": data, "model": model, "interactions": int(len(ds.interactions)), "users": ds.n_users,
         "items": ds.n_items, "read_split_s": round(read_s, 2), "build_s": round(build_s, 2),
         "epoch_s": round(epoch_s, 2), "epoch_cpu_s": round(epoch_cpu, 2), "epoch_batches_timed": f"{timed}/{n_batches}",
         "eval_s": round(eval_s, 2), "eval_cpu_s": round(eval_cpu[0], 2),
-        "eval_gflops_cpu": round(flops / eval_cpu[0] / 1e9, 2) if d and eval_cpu[0] > 0 else None, "eval_users": int(len(ev.users)), "eval_chunk": ev.chunk, "dim": d,
+        "eval_gflops_cpu": round(flops / eval_cpu[0] / 1e9, 2) if d and eval_cpu[0] > 0 else None,
+        "eval_users": int(len(ev.users)), "eval_chunk": ev.chunk, "dim": d,
         "eval_gflops": round(flops / eval_s / 1e9, 2) if d else None, "gemm_gflops": round(gemm, 1),
-        "eval_gemm_ratio": round(flops / eval_s / 1e9 / gemm, 3) if d else None,
+        "gemm_gflops_wall": round(gemm_wall, 1), "gemm_clock": "cpu",
+        "score_gemm_gflops": round(shape_gemm, 1) if shape_gemm else None,
+        "eval_gemm_ratio": round(flops / eval_s / 1e9 / gemm_wall, 3) if d else None,
         "peak_rss_mb": round(peak_rss_mb(), 1), "loss": row["loss"], "valid": row["valid"].get(cfg.train.valid_metric),
         "settings": MODEL_SETS.get(model, []) + (sets or []), "torch_threads": torch.get_num_threads(),
     }
 
 
-def _ratio(r: dict) -> float | None:
-    g = r.get("eval_gflops_cpu")
-    return round(g / r["gemm_gflops"], 3) if g else None
-
-
 def table(rows: list[dict]) -> str:
-    out = ["| data | interactions | users | items | model | read+split s | s/epoch (CPU s) | s/eval (CPU s) | "
-           "eval GFLOP/s (per CPU s) | GEMM GFLOP/s | ratio (per CPU s) | peak RSS MiB |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    """The Markdown table: seconds as wall (CPU); GFLOP/s and their ratio per CPU second of this process
+    (robust on a shared machine: another program's time is not counted)."""
+    out = ["| data | interactions | users | items | model | read+split s | s/epoch wall (CPU) | s/eval wall (CPU) | "
+           "eval GFLOP/s | GEMM GFLOP/s | eval / GEMM | score product alone GFLOP/s | peak RSS MiB |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['data']} | | | | {r['model']} | failed: {r['error'][:120]} | | | | | | |")
+            out.append(f"| {r['data']} | | | | {r['model']} | failed: {r['error'][:120]} | | | | | | | |")
             continue
-        part = "" if r["epoch_batches_timed"].split("/")[0] == r["epoch_batches_timed"].split("/")[1] else \
-            f" ({r['epoch_batches_timed']} batches)"
-        out.append(f"| {r['data']} | {r['interactions']:,} | {r['users']:,} | {r['items']:,} | {r['model']} | "
+        done, total = r["epoch_batches_timed"].split("/")
+        part = "" if done == total else f" [{done}/{total} batches]"
+        gemm = r["gemm_gflops"] if r.get("gemm_clock") == "cpu" else None
+        g = r.get("eval_gflops_cpu")
+        extra = [x for x in r.get("settings", []) if x not in MODEL_SETS.get(r["model"], [])]
+        name = r["model"] + (f" ({', '.join(extra)})" if extra else "")
+        out.append(f"| {Path(r['data']).name} | {r['interactions']:,} | {r['users']:,} | {r['items']:,} | {name} | "
                    f"{r['read_split_s']} | {r['epoch_s']} ({r.get('epoch_cpu_s')}){part} | {r['eval_s']} "
-                   f"({r.get('eval_cpu_s')}) | {r['eval_gflops']} ({r.get('eval_gflops_cpu')}) | {r['gemm_gflops']} | "
-                   f"{r['eval_gemm_ratio']} ({_ratio(r)}) | {r['peak_rss_mb']:,.0f} |")
+                   f"({r.get('eval_cpu_s')}) [{r['eval_users']:,} users] | {g} | {gemm or ''} | {round(g / gemm, 2) if g and gemm else ''} | "
+                   f"{r.get('score_gemm_gflops') or ''} | {r['peak_rss_mb']:,.0f} |")
     return "\n".join(out)
+
+
+def plot(rows: list[dict], path: Path) -> Path | None:
+    """Seconds per epoch (CPU) and peak RSS against interactions, one line per model (generated data)."""
+    from prismrec.report.plots import pyplot, save
+
+    plt = pyplot()
+    rows = [r for r in rows if "error" not in r and r.get("size") in SIZES
+            and not [x for x in r.get("settings", []) if x not in MODEL_SETS.get(r["model"], [])]]
+    if plt is None or not rows:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for model in sorted({r["model"] for r in rows}):
+        pts = sorted((r["interactions"], r.get("epoch_cpu_s") or r["epoch_s"], r["peak_rss_mb"])
+                     for r in rows if r["model"] == model)
+        x = [p[0] for p in pts]
+        axes[0].plot(x, [p[1] for p in pts], marker="o", label=model)
+        axes[1].plot(x, [p[2] for p in pts], marker="o", label=model)
+    for ax, title in zip(axes, ("CPU seconds per training epoch (1 thread)", "peak RSS (MiB)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("interactions")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    return save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -265,11 +311,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="bench_scale")
     ap.add_argument("--data-root", default=None, help="where generated data goes (default OUT/data)")
     ap.add_argument("--max-batches", type=int, default=0, help="time only the first N batches of the epoch")
+    ap.add_argument("--eval-users", type=int, default=0,
+                    help="rank only the first N validation users against every item (0 = all)")
+    ap.add_argument("--set", action="append", default=[], help="extra KEY=VALUE setting for every run")
     ap.add_argument("--generate-only", action="store_true")
+    ap.add_argument("--plot", default=None, help="also draw s/epoch and peak RSS against interactions (PNG)")
     ap.add_argument("--child", nargs=2, metavar=("DATA", "MODEL"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(measure(args.child[0], args.child[1], args.max_batches)), flush=True)
+        print(json.dumps(measure(args.child[0], args.child[1], args.max_batches, args.set, eval_users=args.eval_users)),
+              flush=True)
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -288,7 +339,9 @@ def main(argv: list[str] | None = None) -> None:
         for model in args.models.split(","):
             env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
             proc = subprocess.run([sys.executable, __file__, "--child", data, model, "--max-batches",
-                                   str(args.max_batches)], capture_output=True, text=True, env=env)
+                                   str(args.max_batches), "--eval-users", str(args.eval_users),
+                                   *(f"--set={x}" for x in args.set)],
+                                  capture_output=True, text=True, env=env)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
             if proc.returncode != 0 or not lines:
                 row = {"data": data, "model": model, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
@@ -301,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.is_file() else []
     (out / "scale.md").write_text(table(rows) + "\n")
     print(table(rows))
+    if args.plot:
+        print(f"plot: {plot(rows, Path(args.plot))}")
 
 
 if __name__ == "__main__":

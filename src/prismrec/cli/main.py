@@ -77,8 +77,8 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
 
     from ..utils.distributed import env_rank
 
-    # under torchrun only rank 0 logs (the other ranks: warnings and errors)
-    level = logging.WARNING if quiet or env_rank() != 0 else (logging.DEBUG if verbose else logging.INFO)
+    # under torchrun only rank 0 logs (the other ranks: errors only; their warnings would repeat rank 0's)
+    level = logging.ERROR if env_rank() != 0 else logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     logger = logging.getLogger("prismrec")
     logger.handlers.clear()
     handler: logging.Handler

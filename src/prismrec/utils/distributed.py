@@ -125,9 +125,9 @@ def setup(device: Any) -> tuple[Any, bool]:
     backend = "nccl" if device.type == "cuda" else "gloo"
     kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
     d.init_process_group(backend, timeout=TIMEOUT, **kwargs)
-    if d.get_rank() != 0:  # only rank 0 logs: the others report warnings and errors only
+    if d.get_rank() != 0:  # only rank 0 logs: the others report errors only
         logger = logging.getLogger("prismrec")
-        logger.setLevel(max(logger.level, logging.WARNING))
+        logger.setLevel(max(logger.level, logging.ERROR))
     d.barrier()
     return device, True
 
