@@ -11,7 +11,8 @@ import torch
 def topk_rows(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exactly ``torch.topk(scores, k, dim=1)`` (largest first), in one pass over the scores on a CPU.
 
-    The columns are cut into buckets of ``B ~ sqrt(n / (k + 1))``; each row's bucket maxima (one
+    The columns are cut into buckets of ``B ~ sqrt(n / (k + 1))`` (rounded up to 16; rows shorter than
+    ``16 (k + 1) B`` go to ``torch.topk``, faster there); each row's bucket maxima (one
     vectorised reduction, no allocation of the row's size) pick its ``k + 1`` best buckets, which hold
     the row's ``k + 1`` largest scores (an item outside them is at most its bucket's maximum, and each of
     the ``k + 1`` picked maxima is at least that); those ``(k + 1) B`` candidates are ranked. Where a row's
@@ -26,10 +27,11 @@ def topk_rows(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
     if not x.is_contiguous():
         x = x.contiguous()
     m = x.shape[0]
-    width = max(4, int(math.sqrt(n / (k + 1))))
+    # buckets of a multiple of 16 columns (the maxima vectorise: 31 columns took twice the time of 32)
+    width = -(-max(16, int(math.sqrt(n / (k + 1)))) // 16) * 16
+    if n < 16 * (k + 1) * width:  # the candidates would be a large share of the row: torch.topk is faster
+        return torch.topk(scores, k, dim=1)
     n_full = n // width
-    if n_full + (n % width > 0) <= 2 * (k + 1):  # too few buckets to gain: rank every column
-        return _topk_ranked(x, torch.arange(n).expand(m, n), x, k)
     bmax = x[:, :n_full * width].view(m, n_full, width).amax(dim=2)
     if n % width:
         bmax = torch.cat([bmax, x[:, n_full * width:].amax(dim=1, keepdim=True)], dim=1)
