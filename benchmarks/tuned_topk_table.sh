@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 P=${PRISMREC:-.venv/bin/prismrec}
 OUT=${OUT:-bench_out/tuned_topk}
 DATASETS=${*:-tiktok scientific_mm scientific baby}
-MODELS=${MODELS:-lightgcn bpr vbpr freedom bm3 lirdrec alignrec}
+MODELS=${MODELS:-lightgcn bpr vbpr freedom bm3 lirdrec alignrec mgcn lattice lgmrec mentor}
 TRIALS=${TRIALS:-30}
 ENTRIES=()
 for m in $MODELS; do ENTRIES+=(--model "$m"); done

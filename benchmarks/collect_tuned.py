@@ -1,0 +1,75 @@
+"""What an equal-budget comparison (`prismrec compare --tune N`) spent and found, per model.
+
+For each entry of a compare folder (``OUT/<entry>/tune`` holds its study, ``runs.csv`` its seed runs): the
+trials (complete / pruned / failed), the epochs trained in the search, the search's wall time (the sum of
+its trials' durations, from the study's storage), the seed runs' training time, the selected setting with
+its validation score, and the seeds' test mean ± std. Markdown on stdout.
+
+Usage: python benchmarks/collect_tuned.py bench_out/tuned_topk/scientific_mm [--metric recall@20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def _study(tune: Path):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = json.loads((tune / "study.json").read_text())
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(tune / "study.journal")))
+    return spec, optuna.load_study(study_name=spec["study_name"], storage=storage)
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--metric", default="recall@20")
+    args = ap.parse_args()
+    runs = pd.read_csv(args.folder / "runs.csv")
+    rows = []
+    for entry, sub in runs.groupby("entry", sort=False):
+        tune = args.folder / str(entry) / "tune"
+        if not (tune / "study.json").is_file():
+            continue
+        spec, study = _study(tune)
+        trials = [t for t in study.trials if not t.user_attrs.get("over_budget")]
+        states = pd.Series([t.state.name.lower() for t in trials]).value_counts()
+        search_s = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+                       if t.datetime_complete and t.datetime_start)
+        epochs = int(pd.read_csv(tune / "trials.csv")["epochs_run"].fillna(0).sum())
+        best = study.best_trial
+        test = sub[f"test_{args.metric}"].to_numpy(float)
+        rows.append({
+            "model": entry,
+            "trials (complete / pruned / failed)": f"{states.get('complete', 0)} / {states.get('pruned', 0)} / "
+                                                   f"{states.get('fail', 0)}",
+            "epochs in the search": epochs,
+            "search wall s": round(search_s),
+            "seed runs train s": round(float(sub["train_seconds"].sum())),
+            "selected setting": ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()),
+            f"valid {args.metric} (trial seed)": f"{best.value:.4f}",
+            f"test {args.metric}": f"{np.mean(test):.4f} ± {np.std(test, ddof=1) if len(test) > 1 else 0:.4f}",
+            "peak RSS MB": int(sub["peak_rss_mb"].max()),
+        })
+    from prismrec.report.tables import Table
+
+    table = Table(list(rows[0]))
+    for r in rows:
+        table.add(*r.values())
+    print(table.markdown())
+
+
+if __name__ == "__main__":
+    main()
