@@ -287,9 +287,14 @@ def plot(rows: list[dict], path: Path) -> Path | None:
     if plt is None or not rows:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for model in sorted({r["model"] for r in rows}):
+    best: dict[tuple[str, str], dict] = {}  # per model and size: the row that timed the most batches
+    for r in rows:
+        key, timed = (r["model"], r["size"]), int(r["epoch_batches_timed"].split("/")[0])
+        if key not in best or timed > int(best[key]["epoch_batches_timed"].split("/")[0]):
+            best[key] = r
+    for model in sorted({m for m, _ in best}):
         pts = sorted((r["interactions"], r.get("epoch_cpu_s") or r["epoch_s"], r["peak_rss_mb"])
-                     for r in rows if r["model"] == model)
+                     for (m, _), r in best.items() if m == model)
         x = [p[0] for p in pts]
         axes[0].plot(x, [p[1] for p in pts], marker="o", label=model)
         axes[1].plot(x, [p[2] for p in pts], marker="o", label=model)
