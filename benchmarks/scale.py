@@ -175,10 +175,9 @@ def measure(data: str, model: str, max_batches: int = 0, sets: list[str] | None 
     """One model on one dataset in this process: the five figures (see the module docstring)."""
     import torch
 
-    from prismrec.data import load_dataset, make_split
     from prismrec.evaluate.ranking import RankingEvaluator
     from prismrec.models.base import DotProductRecommender
-    from prismrec.runs import build_config, build_model
+    from prismrec.runs import build_config, prepare
     from prismrec.train.sampling import make_sampler
     from prismrec.train.trainer import Trainer
     from prismrec.utils.loop import EpochLoop
@@ -188,13 +187,8 @@ def measure(data: str, model: str, max_batches: int = 0, sets: list[str] | None 
     gemm, gemm_wall = gemm_gflops(), gemm_gflops(clock=time.perf_counter)
     cfg = build_config(model, data, overrides=["train.threads=1", "train.epochs=1", *MODEL_SETS.get(model, []),
                                                *(sets or [])], seed=0)
-    t0 = time.perf_counter()
-    ds = load_dataset(cfg.data_source, cfg.data)
-    split = make_split(ds, cfg.data)
-    read_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    net, tdata = build_model(cfg, ds, split)
-    build_s = time.perf_counter() - t0
+    ds, split, net, tdata, took = prepare(cfg)
+    read_s, build_s = took["read"], took["build"]
     trainer = Trainer(net, tdata, split, cfg.train, cfg.seed)
     if eval_users > 0:  # rank only the first N validation users (against every item)
         full = trainer.valid_eval

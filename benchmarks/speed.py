@@ -37,8 +37,7 @@ def main() -> None:
     t0 = time.perf_counter()
     import torch
 
-    from prismrec.runs import build_config, build_model
-    from prismrec.data import load_dataset, make_split
+    from prismrec.runs import build_config, prepare
     from prismrec.train.trainer import Trainer
     from prismrec.utils.runtime import peak_rss_mb, seed_everything, set_threads
 
@@ -46,13 +45,8 @@ def main() -> None:
     cfg = build_config(args.model, args.data, overrides=[*args.sets, "train.patience=100000"], epochs=args.epochs)
     set_threads(args.threads)
     seed_everything(cfg.seed)
-    t1 = time.perf_counter()
-    ds = load_dataset(cfg.data_source, cfg.data)
-    split = make_split(ds, cfg.data)
-    t_data = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    model, tdata = build_model(cfg, ds, split)
-    t_build = time.perf_counter() - t2
+    ds, split, model, tdata, took = prepare(cfg)
+    t_data, t_build = took["read"], took["build"]
     trainer = Trainer(model, tdata, split, cfg.train, cfg.seed)
     t3, c3 = time.perf_counter(), time.process_time()
     res = trainer.fit()

@@ -30,16 +30,13 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print torch's operator table (self CPU time)")
     args = ap.parse_args()
 
-    from prismrec.data import load_dataset, make_split
-    from prismrec.runs import build_config, build_model
+    from prismrec.runs import build_config, prepare
     from prismrec.utils.runtime import seed_everything, set_threads
 
     cfg = build_config(args.model, args.data, overrides=args.sets)
     set_threads(1)
     seed_everything(cfg.seed)
-    ds = load_dataset(cfg.data_source, cfg.data)
-    split = make_split(ds, cfg.data)
-    model, tdata = build_model(cfg, ds, split)
+    ds, split, model, tdata, _ = prepare(cfg)
     source = model.build_sampler(tdata, cfg.train)
     batches = []
     for batch in source.epoch(np.random.default_rng(0), cfg.train.batch_size, torch.device("cpu")):

@@ -97,7 +97,7 @@ def test_background_checkpoints_land_in_order_and_errors_surface(tmp_path, monke
         writer.submit(tmp_path / "ckpt.pt", {"epoch": i})
         writer.submit(tmp_path / f"best-{i}.pt", {"epoch": i})
     writer.close()
-    assert torch.load(tmp_path / "ckpt.pt")["epoch"] == 4
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["epoch"] == 4
     assert all((tmp_path / f"best-{i}.pt").is_file() for i in range(5))
 
     def full_disk(path, data):

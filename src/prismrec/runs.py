@@ -15,6 +15,8 @@ The CLI and the Python API both call these functions; nothing here prints.
 
 from __future__ import annotations
 
+import time
+
 import json
 import logging
 import platform
@@ -144,6 +146,18 @@ def build_model(cfg: RunConfig, ds: Dataset, split: Split) -> tuple[Recommender,
     data = TrainingData.from_split(ds, split)
     model = cls(cfg.params, data)  # validated once, when the configuration was resolved or loaded
     return model, data
+
+
+def prepare(cfg: RunConfig) -> tuple[Dataset, Split, Recommender, TrainingData, dict[str, float]]:
+    """Read, validate and split ``cfg``'s data, then build its model (no run folder, nothing written): what a
+    benchmark measures before it trains; the last item gives the wall seconds of ``read`` (read + split) and
+    ``build``."""
+    t0 = time.perf_counter()
+    ds = load_dataset(cfg.data_source, cfg.data)
+    split = make_split(ds, cfg.data)
+    t1 = time.perf_counter()
+    model, tdata = build_model(cfg, ds, split)
+    return ds, split, model, tdata, {"read": t1 - t0, "build": time.perf_counter() - t1}
 
 
 def evaluate_stage(model: Recommender, split: Split, cfg: RunConfig, stage: str, *,
