@@ -1,6 +1,7 @@
 """The scoring contract (models/base.py) that evaluation, ``recommend``, export and serving rely on.
 
-* every registered model that declares ``dot_product`` scores exactly by its ``user_item_vectors``;
+* every registered model that declares ``dot_product`` scores exactly by its ``user_item_vectors`` (and so do
+  the settings that change how a model scores, ``VARIANTS``);
 * the history is an input of ``prepare_scoring``: sequential scores follow it, general ones ignore it;
 * an exported bundle's vectors give the run's own scores (general and sequential);
 * a model that places items from content (LIRDRec) puts a catalogue item where the model has it.
@@ -26,6 +27,12 @@ SMALL = {
     "mdsrec": ["model.embedding_size=16", "model.max_len=8"],
 }
 TRAIN = ["train.batch_size=64", "train.topk=[5,10]", "train.valid_metric=recall@10"]
+# settings that change how a registered model scores, each checked as one more case: label -> (model, settings)
+VARIANTS = {
+    "sasrecf[moe]": ("sasrecf", ["model.embedding_size=16", "model.feature_encoder=moe", "model.scoring=cosine"]),
+    "sasrecf[moe;no ids]": ("sasrecf", ["model.embedding_size=16", "model.feature_encoder=moe",
+                                        "model.scoring=cosine", "model.use_ids=false"]),
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +50,13 @@ def runs(dataset):
         if "embedding_size" in cls.Config.model_fields and name not in SMALL:
             sets.append("model.embedding_size=16")
         out[name] = train_run(name, dataset, None, overrides=sets, seed=0, epochs=1)
+    for label, (name, sets) in VARIANTS.items():
+        out[label] = train_run(name, dataset, None, overrides=[*TRAIN, *sets], seed=0, epochs=1)
     return out
 
 
 def test_every_model_declares_how_it_scores(runs):
-    assert set(runs) == set(MODELS.names())
+    assert set(runs) == set(MODELS.names()) | set(VARIANTS)
     for name, run in runs.items():
         assert isinstance(type(run.model).dot_product, bool), name
 

@@ -37,3 +37,75 @@ def test_padding_does_not_change_the_representation():
         short = m.encoder(m.token_embeddings()[torch.tensor([[3, 4, 5]])], torch.tensor([[3, 4, 5]]))
     # positions are counted from the end, so the last three positions carry the same embeddings
     assert torch.allclose(full, short, atol=1e-5)
+
+
+# ------------------------------------------------------- SASRec-F with UniSRec's/ANT's MoE item encoder
+MOE = ["feature_encoder=moe", "scoring=cosine", "n_experts=4"]
+
+
+def test_moe_encoder_learns_next_item():
+    """feature_encoder: moe (whitening experts) with cosine / temperature scoring trains past its untrained self."""
+    check_learns("sasrecf", MOE)
+
+
+def test_moe_encoder_round_trip_and_sessions():
+    check_round_trip_and_sessions("sasrecf", MOE)
+
+
+def test_moe_encoder_is_ants_layer_and_the_default_stays_linear():
+    from prismrec.models.layers import ModalityProjections
+    from prismrec.models.moe import MoEAdaptor, MoEProjections
+    from prismrec.models.transfer import modules
+
+    assert modules.MoEAdaptor is MoEAdaptor  # one layer, shared by ANT and SASRec-F (not a copy)
+    ds = cyclic_dataset()
+    default = fit("sasrecf", ds, [], 0).model
+    assert isinstance(default.tokens.features, ModalityProjections) and default.config.scoring == "dot"
+    run = fit("sasrecf", ds, [*MOE, "use_ids=false"], 1)
+    feats = run.model.tokens.features
+    assert isinstance(feats, MoEProjections) and set(feats.names) == {"image", "text"}
+    assert all(a.n_experts == 4 and a.kind == "whiten" for a in feats.adaptors.values())
+    assert not run.model.item_embedding.weight.requires_grad  # inductive: features only
+    m = run.model.eval()
+    with torch.no_grad():
+        items = m.item_embeddings()
+        u = m.encode(torch.tensor([[0, 0, 3, 4, 5]]))
+    # cosine scoring: unit item vectors, user vectors of norm 1 / temperature
+    torch.testing.assert_close(items.norm(dim=-1), torch.ones(len(items)))
+    torch.testing.assert_close(u.norm(dim=-1), torch.full((1,), 1 / m.config.temperature))
+
+
+def test_moe_missing_feature_uses_the_learned_vector():
+    run = fit("sasrecf", cyclic_dataset(missing=np.array([0, 5])), MOE, 1)
+    feats = run.model.tokens.features.eval()
+    with torch.no_grad():
+        image = feats("image")
+    torch.testing.assert_close(image[[0, 5]], feats.missing["image"].expand(2, -1))
+    assert torch.isfinite(image).all()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sasrecf.feature_encoder=mlp", "feature_encoder"),
+    ("sasrecf.n_expert=4", "Did you mean 'n_experts'"),
+    ("sasrecf.scoring=l2", "scoring"),
+    ("sasrecf.temperature=0", "temperature"),
+])
+def test_moe_settings_are_validated(override, message):
+    from prismrec.errors import ConfigError
+    from prismrec.runs import build_config
+
+    with pytest.raises(ConfigError, match=message):
+        build_config("sasrecf", cyclic_dataset(), overrides=[override])
+
+
+def test_adaptor_dropout_is_searched_only_with_the_moe_encoder():
+    from prismrec.runs import build_config
+    from prismrec.search_space import applicable_space, model_space
+
+    ds = cyclic_dataset()
+    full = model_space("sasrecf")
+    assert {"train.learning_rate", "n_layers", "dropout", "adaptor_dropout"} <= set(full)
+    linear = applicable_space("sasrecf", full, build_config("sasrecf", ds).params)
+    moe = applicable_space("sasrecf", full, build_config("sasrecf", ds, overrides=["sasrecf.feature_encoder=moe"]).params)
+    assert "adaptor_dropout" not in linear and set(linear) == set(full) - {"adaptor_dropout"}
+    assert moe == full

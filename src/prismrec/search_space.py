@@ -224,6 +224,19 @@ def model_space(model: str, *updates: Mapping[str, Dist | None]) -> Space:
     return space
 
 
+def applicable_space(model: str, space: Mapping[str, Dist], params: Any) -> Space:
+    """``space`` without the keys that ``params`` (the model's settings) make inert.
+
+    A model declares them as ``search_space_when = {key: (setting, values)}``: ``key`` is searched only when
+    ``setting`` has one of ``values`` (SASRec-F's ``adaptor_dropout`` only with ``feature_encoder: moe``), so
+    a variant whose setting is held fixed spends no trial on a knob it never reads."""
+    from .models import MODELS
+
+    when = getattr(MODELS.get(model), "search_space_when", {})
+    return {k: d for k, d in space.items()
+            if k not in when or getattr(params, when[k][0], None) in tuple(when[k][1])}
+
+
 def describe_space(space: Mapping[str, Dist]) -> str:
     return "; ".join(f"{k} {d.describe()}" for k, d in space.items()) or "(empty)"
 

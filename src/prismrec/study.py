@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .config import merge_overrides, parse_overrides
 from .errors import ConfigError, PrismrecError
 from .runs import METRICS_FILE, build_config, train_run
-from .search_space import Dist, describe_space, grid_values, model_space, parse_dist, suggest, to_yaml
+from .search_space import Dist, applicable_space, describe_space, grid_values, model_space, parse_dist, suggest, to_yaml
 from .utils.io import read_json, write_json, write_text
 
 log = logging.getLogger("prismrec")
@@ -379,6 +379,9 @@ def tune_study(model: str, data: str | Path, out: str | Path, *, space: Mapping[
         raise ConfigError(f"model '{name}' has nothing to tune (empty search space).")
     ov = parse_overrides(overrides)
     cfg = build_config(name, data, config_files=config_files, overrides=ov, epochs=epochs)
+    full = applicable_space(name, full, cfg.params)  # keys the run's settings make inert leave the space
+    if not full:
+        raise ConfigError(f"model '{name}' has nothing to tune (empty search space).")
     select = (select or cfg.train.valid_metric).lower()
     ov = merge_overrides(ov, {"train.valid_metric": select})  # early stopping, pruning and selection agree
     spec = StudySpec(model=name, data=str(data),

@@ -74,7 +74,9 @@ class ItemTokens(nn.Module):
 
     Token ``t`` (item ``t - 1``; 0 is padding) is ``E_id[t] + sum_m W_m x_m[t - 1]``: an ID embedding
     plus, with ``modalities``, a linear projection of each frozen modality feature (a learned vector
-    where the feature is missing, :class:`~prismrec.models.layers.ModalityProjections`). With
+    where the feature is missing, :class:`~prismrec.models.layers.ModalityProjections`), or with
+    ``feature_encoder="moe"`` UniSRec's/ANT's whitening mixture-of-experts adaptor per modality
+    (:class:`~prismrec.models.moe.MoEProjections`, ``n_experts``, ``adaptor_dropout``). With
     ``use_ids=False`` the ID table is frozen at zero, so items are their features alone.
 
     The projected feature tables (all items through every modality's projection) are the expensive
@@ -83,16 +85,25 @@ class ItemTokens(nn.Module):
     they are computed once.
     """
 
-    def __init__(self, n_items: int, dim: int, modalities=None, *, use_ids: bool = True, init: str = "normal"):
+    def __init__(self, n_items: int, dim: int, modalities=None, *, use_ids: bool = True, init: str = "normal",
+                 feature_encoder: str = "linear", n_experts: int = 8, adaptor_dropout: float = 0.2):
         super().__init__()
         from ..layers import ModalityProjections
+        from ..moe import MoEProjections
 
         self.embedding = nn.Embedding(n_items + 1, dim, padding_idx=PAD)
         if init == "xavier":
             nn.init.xavier_normal_(self.embedding.weight)
         else:
             nn.init.normal_(self.embedding.weight, std=0.02)
-        self.features = ModalityProjections(modalities, dim) if modalities else None
+        if feature_encoder not in ("linear", "moe"):
+            raise ValueError(f"feature_encoder is 'linear' or 'moe', not {feature_encoder!r}")
+        if not modalities:
+            self.features = None
+        elif feature_encoder == "moe":
+            self.features = MoEProjections(modalities, dim, n_experts=n_experts, dropout=adaptor_dropout)
+        else:
+            self.features = ModalityProjections(modalities, dim)
         self.use_ids = use_ids or self.features is None
         with torch.no_grad():
             self.embedding.weight[PAD].zero_()

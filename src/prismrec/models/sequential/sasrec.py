@@ -10,6 +10,12 @@ UniSRec/RecBole protocol) instead of the paper's one sampled negative per positi
 sequential papers): an item's embedding is its ID embedding plus, for each modality, a linear
 projection of its frozen feature (a learned "missing" vector where the feature is missing); with
 ``use_ids: false`` the items are represented by their features alone.
+
+UniSRec-style text-first variant (issue 16): ``feature_encoder: moe`` replaces each modality's linear
+projection by the whitening mixture-of-experts adaptor of UniSRec/ANT (:mod:`prismrec.models.moe`, the
+layer ANT uses), and ``scoring: cosine`` scores ``cos(u, e_i) / temperature`` as UniSRec and ANT do;
+with ``use_ids`` the ID embedding is added (UniSRec's transductive setting), without it the model is
+inductive (unseen items scored from their features).
 """
 
 from __future__ import annotations
@@ -49,8 +55,12 @@ class SASRec(SequentialRecommender):
     def __init__(self, config: SASRec.Config, data: TrainingData):
         super().__init__(config, data)
         d = config.embedding_size
-        self.tokens = ItemTokens(self.n_items, d, data.modalities if self.use_features else None,
-                                 use_ids=config.use_ids if self.use_features else True)
+        if self.use_features:
+            self.tokens = ItemTokens(self.n_items, d, data.modalities, use_ids=config.use_ids,
+                                     feature_encoder=config.feature_encoder, n_experts=config.n_experts,
+                                     adaptor_dropout=config.adaptor_dropout)
+        else:
+            self.tokens = ItemTokens(self.n_items, d, None)
         self.encoder = CausalTransformer(d, config.max_len, config.n_layers, config.n_heads, config.dropout,
                                          positions=config.positions)
 
@@ -72,8 +82,34 @@ class SASRec(SequentialRecommender):
 class SASRecF(SASRec):
     """SASRec whose item embeddings add projected item features (any number of modalities)."""
 
+    #: SASRec's space plus the MoE item encoder's adaptor dropout (UniSRec/ANT: 0.2; only read with
+    #: ``feature_encoder: moe``); sources in docs/models/sasrec.md
+    search_space: ClassVar[dict] = {**SASRec.search_space, "adaptor_dropout": FloatRange(0.1, 0.5)}
+    #: a key searched only when a setting has one of these values (``prismrec tune`` drops it otherwise)
+    search_space_when: ClassVar[dict] = {"adaptor_dropout": ("feature_encoder", ("moe",))}
+
     class Config(SASRec.Config):
-        use_ids: bool = Field(True, description="add item ID embeddings to the projected features")
+        use_ids: bool = Field(True, description="add item ID embeddings to the projected features "
+                                                "(with feature_encoder: moe, UniSRec's transductive variant)")
+        feature_encoder: Literal["linear", "moe"] = Field(
+            "linear", description="per modality: a linear projection, or UniSRec's/ANT's whitening "
+                                  "mixture-of-experts adaptor (models/moe.py)")
+        n_experts: int = Field(8, ge=1, description="experts per modality (feature_encoder: moe; UniSRec/ANT: 8)")
+        adaptor_dropout: float = Field(0.2, ge=0, lt=1, description="dropout on the features entering the experts "
+                                                                    "(feature_encoder: moe; UniSRec/ANT: 0.2)")
+        scoring: Literal["dot", "cosine"] = Field(
+            "dot", description="logits: dot product (SASRec), or cosine / temperature (UniSRec, ANT)")
+        temperature: float = Field(0.07, gt=0, description="tau of scoring: cosine (UniSRec/ANT: 0.07)")
 
     use_features = True
     min_modalities = 1
+
+    def encode_inputs(self, x: torch.Tensor, seqs: torch.Tensor, *, all_positions: bool = False) -> torch.Tensor:
+        h = super().encode_inputs(x, seqs, all_positions=all_positions)
+        if self.config.scoring == "cosine":
+            return nn.functional.normalize(h, dim=-1) / self.config.temperature
+        return h
+
+    def item_embeddings(self) -> torch.Tensor:
+        items = super().item_embeddings()
+        return nn.functional.normalize(items, dim=-1) if self.config.scoring == "cosine" else items

@@ -16,7 +16,6 @@ docs/models/ant.md for every choice and deviation.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import numpy as np
@@ -25,62 +24,9 @@ import torch
 from torch import nn
 
 from ...data.dataset import Modality
+from ..moe import MoEAdaptor  # shared with SASRec-F's MoE item encoder (models/moe.py)
 
-
-class MoEAdaptor(nn.Module):
-    """``E`` experts from ``d_in`` to ``d`` with a (noisy, dense) softmax gate over the experts.
-
-    ``kind="whiten"``: expert ``k`` is ``W_k (x - b_k)`` (UniSRec's PWLayer, no output bias);
-    ``kind="linear"``: expert ``k`` is ``W_k x + c_k`` (ANT's price experts).
-    """
-
-    def __init__(self, d_in: int, d: int, n_experts: int = 8, kind: Literal["whiten", "linear"] = "whiten",
-                 dropout: float = 0.2):
-        super().__init__()
-        self.d_in, self.d, self.n_experts, self.kind = d_in, d, n_experts, kind
-        self.weight = nn.Parameter(torch.empty(n_experts, d_in, d))
-        if kind == "whiten":
-            self.bias_in = nn.Parameter(torch.zeros(n_experts, d_in))
-        else:
-            self.bias_out = nn.Parameter(torch.zeros(n_experts, d))
-        self.gate = nn.Parameter(torch.zeros(d_in, n_experts))
-        self.noise = nn.Parameter(torch.zeros(d_in, n_experts))
-        self.dropout = nn.Dropout(dropout)
-        self.reset("normal")
-
-    def reset(self, init: Literal["normal", "xavier"] = "normal", *, keep_output_bias: bool = False) -> None:
-        """Re-initialise the experts (N(0, 0.02) as ANT's pre-training, or xavier-normal as its
-        re-learning), zero the whitening biases and the gates. ``keep_output_bias`` keeps the linear
-        experts' bias (ANT's re-learning does not reset the price experts' ``nn.Linear`` bias)."""
-        with torch.no_grad():
-            if init == "xavier":
-                std = math.sqrt(2.0 / (self.d_in + self.d))
-                self.weight.normal_(0.0, std)
-            else:
-                self.weight.normal_(0.0, 0.02)
-            if self.kind == "whiten":
-                self.bias_in.zero_()
-            elif not keep_output_bias:
-                self.bias_out.zero_()
-            self.gate.zero_()
-            self.noise.zero_()
-
-    def gates(self, x: torch.Tensor) -> torch.Tensor:
-        logits = x @ self.gate
-        if self.training:
-            logits = logits + torch.randn_like(logits) * (nn.functional.softplus(x @ self.noise) + 0.01)
-        return torch.softmax(logits, dim=-1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: ``(n, d_in)`` -> ``(n, d)``."""
-        g = self.gates(x)                                                     # (n, E)
-        xd = self.dropout(x)
-        h = (xd @ self.weight.permute(1, 0, 2).reshape(self.d_in, -1)).view(len(x), self.n_experts, self.d)
-        if self.kind == "whiten":
-            h = h - torch.einsum("ed,edk->ek", self.bias_in, self.weight)[None]
-        else:
-            h = h + self.bias_out[None]
-        return (g.unsqueeze(-1) * h).sum(1)
+__all__ = ["MoEAdaptor", "ItemEncoder", "encode_prices", "price_encoder_name", "price_modality"]
 
 
 class ItemEncoder(nn.Module):
