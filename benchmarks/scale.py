@@ -171,7 +171,8 @@ class _FirstBatches:
             yield batch
 
 
-def measure(data: str, model: str, max_batches: int = 0, sets: list[str] | None = None, eval_users: int = 0) -> dict:
+def measure(data: str, model: str, max_batches: int = 0, sets: list[str] | None = None, eval_users: int = 0,
+            eval_repeats: int = 3) -> dict:
     """One model on one dataset in this process: the five figures (see the module docstring)."""
     import torch
 
@@ -226,10 +227,19 @@ def measure(data: str, model: str, max_batches: int = 0, sets: list[str] | None 
                 int(net.user_item_vectors(split.history("valid"))[1].shape[1])
     flops = 2.0 * len(ev.users) * split.n_items * d if d else float("nan")
     shape_gemm = None
-    if d:  # the bare score product at the evaluation's shape (chunk x d) @ (d x items), into a reused buffer
-        u, v = torch.randn(ev.chunk, d), torch.randn(split.n_items, d)
-        buf = torch.empty(ev.chunk, split.n_items)
-        shape_gemm = 2.0 * ev.chunk * split.n_items * d / min(
+    bracketed = []  # the evaluation again, each time between two GEMM timings: its ratio to the GEMM rate
+    if d:           # at that moment (the load of a shared machine moves both; the best of the repeats)
+        for _ in range(eval_repeats):
+            g0 = gemm_gflops()
+            c = time.process_time()
+            ev.evaluate_model(net)
+            e = time.process_time() - c
+            bracketed.append(round(flops / e / 1e9 / ((g0 + gemm_gflops()) / 2), 3))
+    chunk, tile = ev.scoring_shape(isinstance(net, DotProductRecommender))
+    if d:  # the bare score product at the evaluation's shape (chunk x d) @ (d x items in a tile), reused buffer
+        u, v = torch.randn(chunk, d), torch.randn(tile, d)
+        buf = torch.empty(chunk, tile)
+        shape_gemm = 2.0 * chunk * tile * d / min(
             _timed(lambda: torch.mm(u, v.T, out=buf), time.process_time) for _ in range(3)) / 1e9
         del u, v, buf
     return {
@@ -238,11 +248,12 @@ def measure(data: str, model: str, max_batches: int = 0, sets: list[str] | None 
         "epoch_s": round(epoch_s, 2), "epoch_cpu_s": round(epoch_cpu, 2), "epoch_batches_timed": f"{timed}/{n_batches}",
         "eval_s": round(eval_s, 2), "eval_cpu_s": round(eval_cpu[0], 2),
         "eval_gflops_cpu": round(flops / eval_cpu[0] / 1e9, 2) if d and eval_cpu[0] > 0 else None,
-        "eval_users": int(len(ev.users)), "eval_chunk": ev.chunk, "dim": d,
+        "eval_users": int(len(ev.users)), "eval_chunk": chunk, "eval_tile": tile, "dim": d,
         "eval_gflops": round(flops / eval_s / 1e9, 2) if d else None, "gemm_gflops": round(gemm, 1),
         "gemm_gflops_wall": round(gemm_wall, 1), "gemm_clock": "cpu",
         "score_gemm_gflops": round(shape_gemm, 1) if shape_gemm else None,
         "eval_gemm_ratio": round(flops / eval_s / 1e9 / gemm_wall, 3) if d else None,
+        "eval_gemm_ratio_bracketed": bracketed,
         "peak_rss_mb": round(peak_rss_mb(), 1), "loss": row["loss"], "valid": row["valid"].get(cfg.train.valid_metric),
         "settings": MODEL_SETS.get(model, []) + (sets or []), "torch_threads": torch.get_num_threads(),
     }
@@ -252,11 +263,12 @@ def table(rows: list[dict]) -> str:
     """The Markdown table: seconds as wall (CPU); GFLOP/s and their ratio per CPU second of this process
     (robust on a shared machine: another program's time is not counted)."""
     out = ["| data | interactions | users | items | model | read+split s | s/epoch wall (CPU) | s/eval wall (CPU) | "
-           "eval GFLOP/s | GEMM GFLOP/s | eval / GEMM | score product alone GFLOP/s | peak RSS MiB |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "eval GFLOP/s | GEMM GFLOP/s | eval / GEMM | eval / GEMM, bracketed (best) | score product alone GFLOP/s | "
+           "peak RSS MiB |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['data']} | | | | {r['model']} | failed: {r['error'][:120]} | | | | | | | |")
+            out.append(f"| {r['data']} | | | | {r['model']} | failed: {r['error'][:120]} | | | | | | | | |")
             continue
         done, total = r["epoch_batches_timed"].split("/")
         part = "" if done == total else f" [{done}/{total} batches]"
@@ -267,6 +279,7 @@ def table(rows: list[dict]) -> str:
         out.append(f"| {Path(r['data']).name} | {r['interactions']:,} | {r['users']:,} | {r['items']:,} | {name} | "
                    f"{r['read_split_s']} | {r['epoch_s']} ({r.get('epoch_cpu_s')}){part} | {r['eval_s']} "
                    f"({r.get('eval_cpu_s')}) [{r['eval_users']:,} users] | {g} | {gemm or ''} | {round(g / gemm, 2) if g and gemm else ''} | "
+                   f"{max(r.get('eval_gemm_ratio_bracketed') or [0]) or ''} | "
                    f"{r.get('score_gemm_gflops') or ''} | {r['peak_rss_mb']:,.0f} |")
     return "\n".join(out)
 
@@ -312,13 +325,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-batches", type=int, default=0, help="time only the first N batches of the epoch")
     ap.add_argument("--eval-users", type=int, default=0,
                     help="rank only the first N validation users against every item (0 = all)")
+    ap.add_argument("--eval-repeats", type=int, default=3,
+                    help="evaluate again N times after training, each between two GEMM timings (the best ratio)")
     ap.add_argument("--set", action="append", default=[], help="extra KEY=VALUE setting for every run")
     ap.add_argument("--generate-only", action="store_true")
     ap.add_argument("--plot", default=None, help="also draw s/epoch and peak RSS against interactions (PNG)")
     ap.add_argument("--child", nargs=2, metavar=("DATA", "MODEL"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(measure(args.child[0], args.child[1], args.max_batches, args.set, eval_users=args.eval_users)),
+        print(json.dumps(measure(args.child[0], args.child[1], args.max_batches, args.set, eval_users=args.eval_users,
+                                 eval_repeats=args.eval_repeats)),
               flush=True)
         return
     out = Path(args.out)
@@ -339,6 +355,7 @@ def main(argv: list[str] | None = None) -> None:
             env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
             proc = subprocess.run([sys.executable, __file__, "--child", data, model, "--max-batches",
                                    str(args.max_batches), "--eval-users", str(args.eval_users),
+                                   "--eval-repeats", str(args.eval_repeats),
                                    *(f"--set={x}" for x in args.set)],
                                   capture_output=True, text=True, env=env)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]

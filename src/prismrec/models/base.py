@@ -172,15 +172,38 @@ class DotProductRecommender(Recommender):
     def clear_scoring(self) -> None:
         self._cache = None
 
-    def score(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``(len(users), n_items)`` scores; ``out`` (at least that many rows, the vectors' dtype and device)
-        receives them, so evaluation reuses one buffer for every chunk instead of allocating each."""
+    def score(self, users: torch.Tensor, out: torch.Tensor | None = None, items: slice | None = None
+              ) -> torch.Tensor:
+        """``(len(users), n_items)`` scores, or only the columns ``items`` (a slice: evaluation scores the
+        catalogue tile by tile); ``out`` (at least that many rows and columns, the vectors' dtype and
+        device) receives them, so evaluation reuses one buffer for every chunk instead of allocating each."""
         if self._cache is None:
             self.prepare_scoring()
         u, i = self._cache
-        if out is None or out.dtype != u.dtype or out.device != u.device or out.shape[0] < len(users):
+        if items is not None:
+            i = i[items]
+        if out is None or out.dtype != u.dtype or out.device != u.device or out.shape[0] < len(users) \
+                or out.shape[1] < len(i):
             return u[users] @ i.T
-        return torch.mm(u[users], i.T, out=out[:len(users)])
+        return torch.mm(u[users], i.T, out=out[:len(users), :len(i)])
+
+    def pair_scores(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores of the pairs ``(users[j], items[j])`` and, per pair, a bound on how far any score of that
+        user computed from these vectors (this product, or a matrix product in any summation order) lies
+        from the exact value: ``gamma_d |u| max_i |i|`` (Cauchy-Schwarz and the rounding bound of a
+        ``d``-term dot product; TF32 matrix products on a GPU count with TF32's precision)."""
+        if self._cache is None:
+            self.prepare_scoring()
+        u, i = self._cache
+        uu = u[users]
+        vals = (uu * i[items]).sum(dim=1)
+        unit = torch.finfo(u.dtype).eps / 2
+        if u.is_cuda and u.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+            unit = 2.0 ** -11
+        d = u.shape[1]
+        gamma = d * unit / max(1.0 - d * unit, 1e-3)
+        bound = gamma * uu.norm(dim=1) * i.norm(dim=1).max()
+        return vals, bound
 
 
 MODELS: Registry[type[Recommender]] = Registry("model")
