@@ -41,19 +41,30 @@ class TruthRanks:
         self.bad_rows = torch.zeros(n_rows, dtype=torch.bool, device=rows.device)  # NaN somewhere
 
     def update(self, s: torch.Tensor) -> None:
-        """Count the scores of one tile ``s`` (n_rows, T): every row's scores for the same T items."""
+        """Count the scores of one tile ``s`` (n_rows, T): every row's scores for the same T items.
+
+        Only rows with an unsettled pair are read: once each of a row's truth items has ``kmax`` scores
+        above it (a miss whatever follows, NaN included: ``torch.topk`` puts NaN first), its later tiles
+        are skipped."""
         m, t = s.shape
         nb = t // BUCKET
-        tail = s[:, nb * BUCKET:]
-        main = s.as_strided((m, nb, BUCKET), (s.stride(0), BUCKET, s.stride(1)))
-        bmax = main.amax(dim=2)  # (m, nb): NaN propagates
-        self.bad_rows |= torch.isnan(bmax).any(dim=1)
-        if tail.shape[1]:
-            self.bad_rows |= torch.isnan(tail).any(dim=1)
-        open_ = torch.nonzero((self.hi_buckets < self.kmax) & ~self.ambiguous).squeeze(1)
+        open_ = torch.nonzero((self.hi_buckets < self.kmax) & (self.above < self.kmax) & ~self.ambiguous).squeeze(1)
         if len(open_) == 0:
             return
-        r, lo, hi = self.rows[open_], self.lo[open_], self.hi[open_]
+        tail = s[:, nb * BUCKET:]
+        main = s.as_strided((m, nb, BUCKET), (s.stride(0), BUCKET, s.stride(1)))
+        r = self.rows[open_]
+        rows, inv = torch.unique(r, return_inverse=True)
+        if 2 * len(rows) < m:  # few rows left: copy them (one pass) rather than read every row
+            main, tail, r = main[rows], tail[rows], inv
+        else:
+            rows = slice(None)
+        bmax = main.amax(dim=2)  # (rows, nb): NaN propagates
+        bad = torch.isnan(bmax).any(dim=1)
+        if tail.shape[1]:
+            bad |= torch.isnan(tail).any(dim=1)
+        self.bad_rows[rows] |= bad
+        lo, hi = self.lo[open_], self.hi[open_]
         bm = bmax[r]                                      # (A, nb)
         n_hi = (bm > hi.unsqueeze(1)).sum(dim=1)
         n_ge = (bm >= lo.unsqueeze(1)).sum(dim=1)
@@ -64,7 +75,7 @@ class TruthRanks:
             self.hi_buckets[open_] += t_hi
             self.above[open_] += t_hi
             self.band[open_] += ((ts >= lo.unsqueeze(1)) & (ts <= hi.unsqueeze(1))).sum(dim=1)
-        still = self.hi_buckets[open_] < self.kmax
+        still = (self.hi_buckets[open_] < self.kmax) & (self.above[open_] < self.kmax)
         # two buckets whose maxima lie in the band hold two scores in it: the order is a tie's
         two_in_band = (n_ge - n_hi) >= 2
         self.ambiguous[open_[still & two_in_band]] = True
