@@ -113,6 +113,7 @@ class RankingEvaluator:
         self.users = split.eval_users(stage, filter_cold_users) if users is None else np.asarray(users)
         self.history = split.history(stage)
         self.chunk_request = chunk_users
+        self._buffer: torch.Tensor | None = None
         self.chunk = auto_chunk(split.n_items, chunk_users)
         self.n_truth = np.diff(self.truth.indptr)[self.users]
 
@@ -146,9 +147,13 @@ class RankingEvaluator:
         top = np.zeros((len(self.users), kmax), dtype=np.int64) if keep_lists else None
         chunk, tile = self.scoring_shape(tiles is not None and not keep_lists)
         buf = None
-        if tiles is not None:  # one score buffer for every chunk
-            width = tile if tile == self.n_items else -(-tile // 16) * 16
-            buf = torch.empty((min(chunk, max(len(self.users), 1)), width), device=device)
+        if tiles is not None:  # one score buffer for every chunk, kept for the next evaluation (every epoch's
+            width = tile if tile == self.n_items else -(-tile // 16) * 16  # validation: no fresh pages)
+            shape = (min(chunk, max(len(self.users), 1)), width)
+            if self._buffer is None or tuple(self._buffer.shape) != shape or self._buffer.device != device:
+                self._buffer = None
+                self._buffer = torch.empty(shape, device=device)
+            buf = self._buffer
         share = dist.user_share(len(self.users))  # under torchrun each rank ranks its share of the users
         with torch.no_grad():
             for start in range(share.start, share.stop, chunk):

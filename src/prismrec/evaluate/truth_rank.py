@@ -85,8 +85,9 @@ class TruthRanks:
         sel, r, lo, hi = open_[go], r[go], lo[go], hi[go]
         p, b = torch.nonzero(bm[go] >= lo.unsqueeze(1), as_tuple=True)  # < kmax + 1 buckets per pair
         vals = main[r[p], b]                                            # (K, 32)
-        self.above.index_add_(0, sel[p], (vals > hi[p].unsqueeze(1)).sum(dim=1))
-        self.band.index_add_(0, sel[p], ((vals >= lo[p].unsqueeze(1)) & (vals <= hi[p].unsqueeze(1))).sum(dim=1))
+        above = (vals > hi[p].unsqueeze(1)).sum(dim=1)
+        self.above.index_add_(0, sel[p], above)
+        self.band.index_add_(0, sel[p], (vals >= lo[p].unsqueeze(1)).sum(dim=1) - above)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(hit (P,) bool, rank (P,) long, redo (n_rows,) bool)``: a hit's rank is its 0-based position
