@@ -9,7 +9,8 @@ domain, as ANT's ``PretrainDataset``), every training sequence is cut into windo
 (:class:`~prismrec.models.sequential.base.WindowSampler`), and batches are shuffled across domains.
 Loss: next-item InfoNCE with cosine / tau logits against the batch's distinct target items of all
 domains (``pretrain_loss: inbatch``, ANT's choice) or against every item of the sample's own domain
-(``full``), plus ``it_weight`` x the image -> text InfoNCE on the batch's target items that have both.
+(``full``, its logits taken in memory-bounded blocks: ``models.contrastive.full_info_nce``), plus
+``it_weight`` x the image -> text InfoNCE on the batch's target items that have both.
 
 Training is :class:`~prismrec.utils.loop.EpochLoop`, the loop of every run: per-epoch seeds, Adam with
 the ``train`` section's learning rate, weight decay, ``grad_clip`` and ``lr_scheduler``, an atomic
@@ -40,6 +41,7 @@ from ..config import TrainConfig
 from ..data.dataset import Dataset, Modality
 from ..data.split import Split
 from ..errors import PrismrecError
+from ..models.contrastive import full_info_nce
 from ..models.sequential.base import WindowSampler
 from ..models.transfer.ant import (PRETRAIN_META, PRETRAIN_WEIGHTS, build_networks, check_same_spaces, cosine_logits,
                                    feature_space, image_text_loss, select_modalities)
@@ -103,8 +105,7 @@ class _Pretraining(nn.Module):
             for d in torch.unique(d_t).tolist():
                 sel = d_t == d
                 lo, hi = offsets[d], offsets[d + 1]
-                si = si + nn.functional.cross_entropy(cosine_logits(u[sel], fused[lo:hi], tau), tgt[sel] - lo,
-                                                      reduction="sum")
+                si = si + full_info_nce(u[sel], fused[lo:hi], tgt[sel] - lo, tau, reduction="sum")
             si = si / len(tgt)
             it = image_text_loss(parts, feats, uniq, self.item_encoder.pair, tau)
         loss = si + (self.cfg.it_weight * it if it is not None else 0.0)

@@ -38,6 +38,7 @@ from ...data.dataset import Modality
 from ...data.training import TrainingData
 from ...errors import PrismrecError
 from ..base import MODELS, Batch
+from ..contrastive import full_info_nce
 from ..layers import FeatureTable
 from ..sequential.base import SequentialConfig, SequentialRecommender
 from ..sequential.layers import CausalTransformer
@@ -321,7 +322,7 @@ class ANT(SequentialRecommender):
             keep = targets >= 0
             u = self.encoder(tokens[seqs], seqs, all_positions=True)[keep]
             targets = targets[keep]
-        return nn.functional.cross_entropy(cosine_logits(u, fused, self.config.temperature), targets)
+        return full_info_nce(u, fused, targets, self.config.temperature)  # the (n, items) logits in bounded blocks
 
     def diagnostic_groups(self) -> dict[str, list[nn.Parameter]]:
         return {}
