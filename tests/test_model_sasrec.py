@@ -109,3 +109,23 @@ def test_adaptor_dropout_is_searched_only_with_the_moe_encoder():
     moe = applicable_space("sasrecf", full, build_config("sasrecf", ds, overrides=["sasrecf.feature_encoder=moe"]).params)
     assert "adaptor_dropout" not in linear and set(linear) == set(full) - {"adaptor_dropout"}
     assert moe == full
+
+
+def test_moe_encoder_checkpoint_round_trip_from_disk(tmp_path):
+    """A saved MoE run (run folder, best weights) reloads with the same settings and the same scores."""
+    from conftest import write_mmrec
+    from prismrec.models.moe import MoEProjections
+    from prismrec.runs import load_run, train_run
+
+    folder, _ = write_mmrec(tmp_path / "data", n_users=40, n_items=30, features=8)
+    run = train_run("sasrecf", str(folder), tmp_path / "run", seed=0, epochs=2,
+                    overrides=["train.batch_size=32", "train.topk=[5,10]", "train.threads=1", "max_len=8",
+                               "embedding_size=8", *MOE])
+    back = load_run(tmp_path / "run")
+    assert isinstance(back.model.tokens.features, MoEProjections) and back.config.params == run.config.params
+    users = torch.arange(back.model.n_users)
+    for m in (run.model, back.model):
+        m.eval()
+        m.prepare_scoring(back.split.history("test"))
+    with torch.no_grad():
+        torch.testing.assert_close(back.model.score(users), run.model.score(users))
