@@ -15,11 +15,10 @@ The CLI and the Python API both call these functions; nothing here prints.
 
 from __future__ import annotations
 
-import time
-
 import json
 import logging
 import platform
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path

@@ -151,7 +151,7 @@ class RankingEvaluator:
             width = tile if tile == self.n_items else -(-tile // 16) * 16  # validation: no fresh pages)
             shape = (min(chunk, max(len(self.users), 1)), width)
             if self._buffer is None or tuple(self._buffer.shape) != shape or self._buffer.device != device:
-                self._buffer = None
+                self._buffer = None  # free the old one before the new one is allocated
                 self._buffer = torch.empty(shape, device=device)
             buf = self._buffer
         share = dist.user_share(len(self.users))  # under torchrun each rank ranks its share of the users

@@ -74,7 +74,7 @@ class TruthRanks:
             t_hi = (ts > hi.unsqueeze(1)).sum(dim=1)
             self.hi_buckets[open_] += t_hi
             self.above[open_] += t_hi
-            self.band[open_] += ((ts >= lo.unsqueeze(1)) & (ts <= hi.unsqueeze(1))).sum(dim=1)
+            self.band[open_] += (ts >= lo.unsqueeze(1)).sum(dim=1) - t_hi
         still = (self.hi_buckets[open_] < self.kmax) & (self.above[open_] < self.kmax)
         # two buckets whose maxima lie in the band hold two scores in it: the order is a tie's
         two_in_band = (n_ge - n_hi) >= 2
