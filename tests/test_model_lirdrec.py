@@ -121,6 +121,29 @@ def test_forward_matches_a_dense_recomputation(toy):
         torch.testing.assert_close(model.score(torch.arange(5)), user_ref[:5] @ item_ref.T, rtol=1e-4, atol=1e-5)
 
 
+def test_item_chunk_recomputes_the_same_values_and_gradients():
+    """Activation checkpointing in item blocks (``item_chunk``) changes memory, not numbers; the folded
+    per-item DCT equals the MLP on the explicit spectrum."""
+    _, _, data = make_data(missing={"image": [1, 5, 9], "text": [5]})
+    grads, losses = [], []
+    for chunk in (None, 7):
+        torch.manual_seed(0)
+        model = build(data, item_chunk=chunk)
+        model.shared_missing.data.normal_()
+        out = model.loss(bpr_batch(data))
+        out["loss"].backward()
+        losses.append(out["loss"].detach())
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(losses[0], losses[1])
+    assert grads[0].keys() == grads[1].keys() and "shared.0.weight" in grads[0]
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-5, atol=1e-7)
+    lin, act, last = model.shared
+    with torch.no_grad():
+        explicit = lin(model.shared_spectrum()) + model.shared_missing_blocks @ model.shared_missing
+        torch.testing.assert_close(model.item_inputs()[:, 2], last(act(explicit)), rtol=1e-4, atol=1e-6)
+
+
 def test_loss_is_bpr_plus_mean_square_over_all_users_and_items(toy):
     _, _, data = toy
     model = build(data, reg_weight=0.5)
@@ -148,7 +171,7 @@ def test_shared_branch_input_is_the_requested_dct(toy, mode):
     else:                # over items and features (the paper's 2-D DCT)
         ci = dct_matrix(data.n_items)
         expected = np.concatenate([ci @ v @ dct_matrix(8).T, ci @ t @ dct_matrix(6).T], 1)
-    np.testing.assert_allclose(model.shared_input.numpy(), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(model.shared_spectrum().numpy(), expected, rtol=1e-4, atol=1e-4)
     assert model.extra_info()["dct_mode"] == mode
 
 
@@ -157,10 +180,10 @@ def test_2d_dct_depends_on_the_item_order_1d_does_not(toy):
     perm = np.random.default_rng(0).permutation(data.n_items)
     spectra = {}
     for mode in ("1d", "2d"):
-        a = build(data, dct_mode=mode).shared_input.numpy()
+        a = build(data, dct_mode=mode).shared_spectrum().numpy()
         shuffled = {n: Modality(n, m.values[perm], m.available[perm]) for n, m in data.modalities.items()}
         b = build(TrainingData(data.name, data.n_users, data.n_items, data.train[:, perm], shuffled),
-                  dct_mode=mode).shared_input.numpy()
+                  dct_mode=mode).shared_spectrum().numpy()
         spectra[mode] = np.abs(a[perm] - b).max()
     assert spectra["1d"] < 1e-5 and spectra["2d"] > 0.1
 
@@ -308,7 +331,7 @@ def test_modalities_option_picks_channels(toy):
     _, _, data = toy
     model = build(data, modalities=["text"])
     assert model.channels == ["text", "shared"] and list(model.projections) == ["text"]
-    assert model.shared_input.shape[1] == 6
+    assert model.shared_spectrum().shape[1] == 6
     with pytest.raises(ConfigError, match="Did you mean 'image'"):
         build(data, modalities=["imag"])
 
@@ -324,7 +347,7 @@ def test_missing_features_use_the_missing_vectors():
     with torch.no_grad():
         model.shared_missing.normal_()
         x = model.item_inputs()
-        h = lin(model.shared_input[5]) + model.shared_missing[0] + model.shared_missing[1]
+        h = lin(model.shared_spectrum()[5]) + model.shared_missing[0] + model.shared_missing[1]
         torch.testing.assert_close(x[5, 2], last(act(h)))
     out = model.loss(bpr_batch(data))
     out["loss"].backward()
@@ -340,7 +363,7 @@ def test_missing_features_use_the_missing_vectors():
     v = data.modalities["image"].values.copy()
     v[[1, 5, 9]] = np.delete(v, [1, 5, 9], axis=0).mean(axis=0)
     expected = dct_matrix(data.n_items) @ v @ dct_matrix(8).T
-    np.testing.assert_allclose(model2d.shared_input[:, :8].numpy(), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(model2d.shared_spectrum()[:, :8].numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_cold_items_get_finite_feature_dependent_scores():

@@ -58,7 +58,8 @@ def test_lirdrec_loss_and_gradients_are_those_of_the_reference_formula(tmp_path)
         n_u, n_ch, d = model.n_users, len(model.channels), model.config.embedding_size
         out = [model.projections[n](t.values, t.available) for n, t in model.features.items()]
         lin, act, last = model.shared
-        out.append(last(act(lin(model.shared_input) + model.shared_missing_blocks @ model.shared_missing)))
+        hidden = lin.bias + sum(t.values @ w.T for t, w in zip(model.features.values(), model.shared_weights()))
+        out.append(last(act(hidden + model.shared_missing_blocks @ model.shared_missing)))
         x = torch.cat([model.user_preference.view(n_u, n_ch, d), torch.stack(out, dim=1)], dim=0)
         h = F.normalize(x, dim=-1).reshape(-1, n_ch * d)
         from prismrec.graphs import propagate

@@ -8,7 +8,8 @@ Channels: one per modality (sorted by name; a caption modality is just one more)
 * Multimodal feature transformation: item input of modality channel m is the MLP
   ``X̂_m = φ(X_m W_m1 + b_m1) W_m2`` (φ = LeakyReLU); the shared channel applies such an MLP to the
   concatenated DCT-II spectra of all modalities (``dct_mode``: per item over features as the code,
-  the paper's 2-D DCT over items x features, or none).
+  the paper's 2-D DCT over items x features, or none). The per-item DCT is linear, ``X_m D_mᵀ``, so its
+  first layer is taken as ``Σ_m X_m (W_s,m D_m)ᵀ``: the same numbers, and no second items x features table.
 * Users have one free preference table per channel. Layer 0 is the row-L2-normalised ``[P_c; X̂_c]``
   of each channel; LightGCN propagation on the user-item graph with the layers **summed**.
 * Items: residual item-item step ``H_i + A_mm H_i``, ``A_mm`` a weighted sum of per-modality top-k
@@ -47,25 +48,22 @@ from ...graphs.knn import modality_weights, multimodal_knn_graph
 SHARED = "shared"
 
 
-def dct_spectrum(modality: Modality, mode: str) -> np.ndarray:
-    """Input of the shared branch for one modality: its orthonormal DCT-II.
-
-    ``"1d"``: per item over the feature axis (the official code's ``torch_dct.dct(x, norm='ortho')``);
-    ``"2d"``: over items and features (the paper's 2-D DCT). Row ``μ`` of the 2-D spectrum is the
-    ``μ``-th frequency along the item axis, so it depends on the item order; missing rows are filled
-    with the mean of the available rows first (a zero row would leak into every frequency).
-    ``"none"``: the raw features.
+def dct2_spectrum(modality: Modality) -> np.ndarray:
+    """Input of the shared branch for one modality under ``dct_mode: 2d``: the orthonormal 2-D DCT-II
+    over items and features (the paper's). Row ``μ`` is the ``μ``-th frequency along the item axis, so it
+    depends on the item order; missing rows are filled with the mean of the available rows first (a zero
+    row would leak into every frequency). (``1d``, the code's per-item DCT, is folded into the weights.)
     """
     x = modality.float32()  # a fresh copy (cast block by block from storage), changed below
-    if mode == "none":
-        return x
-    if mode == "1d":
-        return scipy.fft.dct(x, type=2, norm="ortho", axis=1).astype(np.float32)
     avail = modality.available
     if avail.any() and not avail.all():
-        x = x.copy()
         x[~avail] = x[avail].mean(axis=0)
-    return scipy.fft.dctn(x, type=2, norm="ortho", axes=(0, 1)).astype(np.float32)
+    return scipy.fft.dctn(x, type=2, norm="ortho", axes=(0, 1)).astype(np.float32, copy=False)
+
+
+def dct_matrix(n: int) -> np.ndarray:
+    """The orthonormal DCT-II matrix ``D`` (``n x n``, float32): ``scipy.fft.dct(x, norm="ortho") = x @ Dᵀ``."""
+    return scipy.fft.dct(np.eye(n), type=2, norm="ortho", axis=0).astype(np.float32)
 
 
 def xavier_blocks(rows: int, n_blocks: int, dim: int) -> torch.Tensor:
@@ -149,6 +147,11 @@ class LIRDRec(DotProductRecommender):
         )
         modalities: list[str] | None = Field(None, description="modalities used as channels; None = all")
         id_hybrid: bool = Field(False, description="add learned item ID embeddings (ablation of the ID-free design)")
+        item_chunk: int | None = Field(
+            None, ge=1, description="recompute the item MLPs in blocks of this many items during backward "
+                                    "(activation checkpointing): their activations take O(block) memory "
+                                    "instead of O(items), for ~1/3 more MLP compute; None = keep them"
+        )
         legacy_stale_eval: bool = Field(
             False, description="score with the last training forward of the epoch (official code) instead of "
                                "recomputing"
@@ -168,14 +171,21 @@ class LIRDRec(DotProductRecommender):
         )
         for proj in self.projections.values():  # a zero missing vector would sit at F.normalize's kink
             nn.init.normal_(proj.missing, std=d ** -0.5)
-        spectra = np.concatenate([dct_spectrum(m, config.dct_mode) for m in mods.values()], axis=1)
-        self.register_buffer("shared_input", torch.from_numpy(spectra), persistent=False)
+        # shared branch input: the 2-D spectrum mixes items, so it is a table; the per-item DCT (and 'none')
+        # is folded into the first layer's weights (dct_basis: one orthonormal DCT-II matrix per modality)
+        width = sum(m.dim for m in mods.values())
+        table = None if config.dct_mode != "2d" else torch.from_numpy(
+            np.concatenate([dct2_spectrum(m) for m in mods.values()], axis=1))
+        self.register_buffer("shared_table", table, persistent=False)
+        self.dct_basis = nn.Module()  # buffers basis_0.. in feature order (1d only): rebuilt, never saved
+        for j, m in enumerate(mods.values() if config.dct_mode == "1d" else ()):
+            self.dct_basis.register_buffer(f"basis_{j}", torch.from_numpy(dct_matrix(m.dim)), persistent=False)
         blocks = np.stack([~m.available for m in mods.values()], axis=1)
         if config.dct_mode == "2d":  # rows of the 2-D spectrum are frequencies, not items
             blocks[:] = False
         self.register_buffer("shared_missing_blocks", torch.from_numpy(blocks.astype(np.float32)), persistent=False)
         self._any_missing_block = bool(blocks.any())  # none: the missing-block term is exactly zero, skipped
-        self.shared = nn.Sequential(nn.Linear(spectra.shape[1], hidden), nn.LeakyReLU(),
+        self.shared = nn.Sequential(nn.Linear(width, hidden), nn.LeakyReLU(),
                                     nn.Linear(hidden, d, bias=False))
         self.shared_missing = nn.Parameter(torch.zeros(len(mods), hidden))
 
@@ -208,19 +218,52 @@ class LIRDRec(DotProductRecommender):
         return names
 
     # forward ---------------------------------------------------------------------------------------
+    def shared_weights(self) -> list[torch.Tensor]:
+        """The shared branch's first-layer weight per modality block, with the per-item DCT folded in:
+        ``W_s,m D_m`` (``dct_mode: 1d``), ``W_s,m`` (``none``, ``2d``); ``spectrum @ Wᵀ`` = ``X_m @ (W D)ᵀ``."""
+        blocks = torch.split(self.shared[0].weight, [t.dim for t in self.features.values()], dim=1)
+        bases = list(self.dct_basis.buffers())
+        return [w @ b for w, b in zip(blocks, bases)] if bases else list(blocks)
+
+    def shared_spectrum(self) -> torch.Tensor:
+        """The shared branch's input ``(I, Σ dims)``: the concatenated spectra (for inspection and tests)."""
+        if self.shared_table is not None:
+            return self.shared_table
+        bases = list(self.dct_basis.buffers())
+        values = [t.values for t in self.features.values()]
+        return torch.cat([v @ b.T for v, b in zip(values, bases)] if bases else values, dim=1)
+
+    def _layer0(self, start: int, stop: int, shared_w: list[torch.Tensor]) -> torch.Tensor:
+        """Layer-0 inputs ``(stop - start, C, d)`` of items ``start..stop-1``."""
+        rows = slice(start, stop)
+        out = [self.projections[n](t.values[rows], t.available[rows]) for n, t in self.features.items()]
+        lin, act, last = self.shared
+        if self.shared_table is not None:
+            hidden = lin(self.shared_table[rows])
+        else:
+            hidden = lin.bias + sum(t.values[rows] @ w.T for t, w in zip(self.features.values(), shared_w))
+        if self._any_missing_block:
+            hidden = hidden + self.shared_missing_blocks[rows] @ self.shared_missing
+        out.append(last(act(hidden)))
+        return torch.stack(out, dim=1)
+
     def item_inputs(self) -> torch.Tensor:
         """Layer-0 item inputs ``(I, C, d)``: modality MLPs and the shared MLP on the DCT spectra (MFT).
 
         In the shared branch a missing modality's block adds a learned hidden vector instead of the
         block's (zero) features. With ``id_hybrid`` each channel also gets the item's ID embedding.
+        With ``item_chunk`` (training only) the MLPs run in blocks whose activations are recomputed in
+        the backward pass (``torch.utils.checkpoint``): the same values and gradients.
         """
-        out = [self.projections[n](t.values, t.available) for n, t in self.features.items()]
-        lin, act, last = self.shared
-        hidden = lin(self.shared_input)
-        if self._any_missing_block:
-            hidden = hidden + self.shared_missing_blocks @ self.shared_missing
-        out.append(last(act(hidden)))
-        x = torch.stack(out, dim=1)
+        shared_w = self.shared_weights()
+        step = self.config.item_chunk
+        if step and step < self.n_items and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            x = torch.cat([checkpoint(self._layer0, a, min(a + step, self.n_items), shared_w, use_reentrant=False)
+                           for a in range(0, self.n_items, step)])
+        else:
+            x = self._layer0(0, self.n_items, shared_w)
         if self.item_id_embedding is not None:
             x = x + self.item_id_embedding.view(self.n_items, len(self.channels), -1)
         return x
@@ -340,7 +383,8 @@ class LIRDRec(DotProductRecommender):
         return {
             "propagation (forward + backward)": 3 * (self.config.n_ui_layers + 1) * (self.n_users + self.n_items)
                                                 * width * 4,
-            "item MLP activations": 2 * len(self.channels) * self.n_items * hidden * 4,
+            "item MLP activations": 2 * len(self.channels) * min(self.config.item_chunk or self.n_items,
+                                                                 self.n_items) * hidden * 4,
         }
 
     def extra_info(self) -> dict[str, Any]:
