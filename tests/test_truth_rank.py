@@ -20,8 +20,10 @@ from prismrec.models.base import DotProductRecommender
 class Vectors:
     """Just the dot-product scoring of :class:`DotProductRecommender`, on given vectors."""
 
+    dot_product = True
     score = DotProductRecommender.score
-    pair_scores = DotProductRecommender.pair_scores
+    query_vectors = DotProductRecommender.query_vectors
+    item_vectors = DotProductRecommender.item_vectors
 
     def __init__(self, u: torch.Tensor, i: torch.Tensor):
         self._cache = (u, i)
@@ -110,3 +112,36 @@ def test_tiled_scoring_shape_and_memory(monkeypatch):
     users, items = ev.scoring_shape(tiled=True)
     assert items == 128 and users == min(4096, ranking.EVAL_MEMORY_BYTES // (ranking.SCORE_BYTES * 128))
     assert ev.scoring_shape(tiled=False) == (ev.chunk, 1000)
+
+
+@pytest.mark.parametrize("name", ["sasrecf", "gru4rec"])
+def test_sequential_models_are_counted_tile_by_tile(monkeypatch, name):
+    """A sequential model is evaluated from its query and item vectors tile by tile of items (its chunk's
+    histories encoded once for all tiles), with the metrics of the top-k path."""
+    from seq_checks import cyclic_dataset, fit
+
+    run = fit(name, cyclic_dataset(), [], 2)
+    model = run.model
+    monkeypatch.setattr(ranking, "ITEM_TILE", 16)  # 40 items: tiles of 16, 16 and 8 (widened to 16)
+    encoded = []
+    orig = type(model).encode_users
+
+    def counted(self, users, history=None):
+        encoded.append(len(users))
+        return orig(self, users, history)
+
+    monkeypatch.setattr(type(model), "encode_users", counted)
+    products = []
+    dot = ranking.dot_scores
+    monkeypatch.setattr(ranking, "dot_scores", lambda u, i, out=None: products.append(len(i)) or dot(u, i, out))
+    for stage in ("valid", "test"):
+        ev = RankingEvaluator(run.split, stage, [1, 5, 10], mask_valid=stage == "test")
+        assert ev.scoring_shape(True)[1] == 16
+        encoded.clear()
+        counted_res = ev.evaluate_model(model, keep_per_user=True)
+        assert sum(encoded) == len(ev.users), encoded  # every user encoded once, not once per tile
+        assert products[:3] == [16, 16, 16], products     # the product taken tile by tile
+        products.clear()
+        listed = ev.evaluate_model(model, keep_per_user=True, keep_topk=True)
+        assert_same(counted_res, listed)
+        assert counted_res.metrics["recall@10"] > 0.3  # trained: the vectors are the model's, not noise

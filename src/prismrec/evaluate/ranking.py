@@ -5,8 +5,9 @@ validation items, at test time) are masked to ``-inf``, and each ground-truth it
 ranking is found: by counting the scores above it (:mod:`prismrec.evaluate.truth_rank`, one read of
 each score, no sort) where only metrics are asked for, or from the top ``K_max`` items
 (:func:`top_k`) where the top lists themselves are kept. Both give ``torch.topk``'s hits. A dot-product
-model is scored in tiles of items (:data:`ITEM_TILE` columns, more users per product) when its catalogue
-is larger than a tile. Memory is ``O(chunk x n_items)`` at most: the whole users x items score matrix
+model (general or sequential) is scored from its ``query_vectors`` and ``item_vectors`` in tiles of items
+(:data:`ITEM_TILE` columns, more users per product) when its catalogue is larger than a tile; a chunk's
+query vectors (a sequential model's encoded histories) are computed once for all its tiles. Memory is ``O(chunk x n_items)`` at most: the whole users x items score matrix
 never exists. Under ``torchrun`` each rank ranks a contiguous share of the users and the per-user hit
 rows are summed across ranks (:mod:`prismrec.utils.distributed`).
 """
@@ -21,10 +22,11 @@ import scipy.sparse as sp
 import torch
 
 from ..data.split import Split
+from ..models.base import dot_scores
 from ..utils import distributed as dist
 from ..utils.topk import topk_rows
 from .metrics import METRICS, per_user_metrics, summarise
-from .truth_rank import TruthRanks
+from .truth_rank import TruthRanks, pair_scores
 
 if TYPE_CHECKING:
     from ..models.base import Recommender
@@ -120,25 +122,24 @@ class RankingEvaluator:
     def evaluate_model(self, model: "Recommender", **kwargs) -> EvalResult:
         """Evaluate ``model`` through the scoring contract: ``prepare_scoring`` with what is known at this
         stage (``split.history(stage)``), then ``score`` on chunks of users (see :meth:`evaluate`)."""
-        from ..models.base import DotProductRecommender
-
         model.eval()
         with torch.no_grad():
             model.prepare_scoring(self.history)
-            if isinstance(model, DotProductRecommender):  # scores written into one buffer every chunk reuses
-                kwargs.setdefault("tiles", model)         # (a fresh buffer per chunk costs page faults: ~2x slower)
+            if model.dot_product:  # scored from its query and item vectors, tile by tile of items
+                kwargs.setdefault("tiles", model)
             return self.evaluate(model.score, device=model.device, **kwargs)
 
     def evaluate(self, score_fn: ScoreFn, *, keep_per_user: bool = False, keep_topk: bool = False,
                  item_groups: dict[str, np.ndarray] | None = None, device: torch.device | None = None,
-                 tiles: "DotProductRecommender | None" = None) -> EvalResult:
+                 tiles: "Recommender | None" = None) -> EvalResult:
         """Score every evaluated user against all items and compute the metrics.
 
         ``item_groups`` (name -> boolean mask over items) adds segment reports: the metrics restricted
         to the ground-truth items in each group (e.g. items never seen in training), over the users
-        that have such items. ``tiles``: a prepared dot-product model whose ``score(users, out, items)``
-        and ``pair_scores`` let the metrics be counted tile by tile of items (``score_fn`` then serves
-        the rows whose order only ``torch.topk`` settles).
+        that have such items. ``tiles``: a prepared dot-product model (``score_fn`` its ``score``): each
+        chunk's ``query_vectors`` are multiplied with ``item_vectors`` tile by tile of items, into one
+        buffer kept between evaluations (a fresh buffer per chunk costs page faults: ~2x slower), and the
+        metrics are counted per tile.
         """
         kmax = min(max(self.ks), self.n_items)
         device = device or torch.device("cpu")
@@ -186,7 +187,7 @@ class RankingEvaluator:
         return auto_chunk(ITEM_TILE, self.chunk_request), ITEM_TILE
 
     def _counted_hits(self, users: np.ndarray, u: torch.Tensor, score_fn: ScoreFn, kmax: int,
-                      tiles: "DotProductRecommender | None", buf: torch.Tensor | None, tile: int) -> np.ndarray:
+                      tiles: "Recommender | None", buf: torch.Tensor | None, tile: int) -> np.ndarray:
         """The hit rows of one chunk from each truth item's count of scores above it (:class:`TruthRanks`),
         the whole rows at once, or tile by tile of items for a dot-product model (``tiles``); the rows
         that only ``torch.topk`` can order are ranked by it."""
@@ -199,7 +200,8 @@ class RankingEvaluator:
             ranks = TruthRanks(rt, scores[rt, ct], torch.zeros(len(rt), device=u.device), kmax, len(users))
             ranks.update(scores)
         else:
-            g, bound = tiles.pair_scores(u[rt], ct)
+            uv, iv = tiles.query_vectors(u), tiles.item_vectors()  # a chunk's histories encoded once
+            g, bound = pair_scores(uv[rt], iv, ct)
             g, eps = g.float(), 4.0 * bound.float()  # tile and full-row scores each lie within `bound`
             ex_key = np.sort(ex_r.astype(np.int64) * self.n_items + ex_c)
             if len(ex_key):  # a masked truth item scores -inf
@@ -216,7 +218,7 @@ class RankingEvaluator:
                 # before t0 are scored again and skipped)
                 s0 = max(0, t1 - (-(-(t1 - t0) // 16) * 16))
                 out = flat[:len(users) * (t1 - s0)].view(len(users), t1 - s0)
-                s = tiles.score(u, out=out, items=slice(s0, t1)).float()[:, t0 - s0:]
+                s = dot_scores(uv, iv[s0:t1], out).float()[:, t0 - s0:]
                 a, b = np.searchsorted(ex_c, [t0, t1])
                 ranks.update(exclude_(s, (ex_r[a:b], ex_c[a:b] - t0)))
         hit, rank, redo = ranks.result()
@@ -228,9 +230,9 @@ class RankingEvaluator:
             hits[redo_rows] = self._hits(users[redo_rows], topk_rows(scores[redo_rows], kmax)[1])
             return hits
         for s0 in range(0, len(redo_rows), self.chunk):  # a (near-)tie at a truth item's score: its order is
-            rows = redo_rows[s0:s0 + self.chunk]         # torch.topk's on a full-row product of those users
-            sub = users[rows]
-            scores = score_fn(torch.as_tensor(sub, dtype=torch.long, device=u.device)).float()
+            rows = redo_rows[s0:s0 + self.chunk]         # torch.topk's on a full-row product of those users'
+            sub = users[rows]                            # vectors (the ones counted, not encoded again)
+            scores = dot_scores(uv[torch.as_tensor(rows, device=u.device)], iv).float()
             hits[rows] = self._hits(sub, top_k(scores, kmax, rows_of(self.mask, sub))[1])
         return hits
 

@@ -23,6 +23,20 @@ import torch
 BUCKET = 32  #: columns per bucket (the maxima of 32 contiguous floats vectorise; 16 took 5-10x longer)
 
 
+def pair_scores(users: torch.Tensor, items: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores ``<users[j], items[cols[j]]>`` and, per pair, a bound on how far any score of that user
+    computed from these vectors (this product, or a matrix product in any summation order) lies from
+    the exact value: ``gamma_d |u| max_i |i|`` (Cauchy-Schwarz and the rounding bound of a ``d``-term dot
+    product; TF32 matrix products on a GPU count with TF32's precision)."""
+    vals = (users * items[cols]).sum(dim=1)
+    unit = torch.finfo(users.dtype).eps / 2
+    if users.is_cuda and users.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        unit = 2.0 ** -11
+    d = users.shape[1]
+    gamma = d * unit / max(1.0 - d * unit, 1e-3)
+    return vals, gamma * users.norm(dim=1) * items.norm(dim=1).max()
+
+
 class TruthRanks:
     """Counts, tile by tile, how many scores of each (row, truth item) pair lie above the truth's score.
 

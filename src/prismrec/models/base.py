@@ -27,6 +27,10 @@ Scoring (the contract evaluation, ``recommend``, export and serving use, and not
 * ``user_item_vectors(history)`` (``dot_product = True``): ``(U, d)`` and ``(I, d)`` with
   ``score(u) == users[u] @ items.T`` exactly, biases folded into the vectors (as Cornac's
   ``ANNMixin``). :class:`DotProductRecommender` builds ``prepare_scoring``/``score`` from it.
+* ``query_vectors(users)`` and ``item_vectors()`` (``dot_product = True``, after ``prepare_scoring``):
+  the same vectors for a chunk of users and for the catalogue, ``score(u) == query_vectors(u) @
+  item_vectors().T``; evaluation multiplies them tile by tile of items (sequential models encode the
+  chunk's histories once for all tiles).
 * ``place_items(features)`` (``can_place_items()``): vectors for items that are not in the catalogue,
   from their content alone, in the space of ``user_item_vectors``' items.
 * Sequential models add ``session_vectors(sessions)`` (query vectors of arbitrary sessions).
@@ -126,6 +130,17 @@ class Recommender(nn.Module):
         raise PrismrecError(f"model {type(self).__name__} does not score by a dot product of user and item "
                             "vectors, so it cannot be exported for serving.")
 
+    def query_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        """``(len(users), d)`` vectors whose products with :meth:`item_vectors` are the users' scores
+        (``dot_product`` models, after ``prepare_scoring``)."""
+        self.user_item_vectors()  # raises the model's own explanation
+        raise NotImplementedError
+
+    def item_vectors(self) -> torch.Tensor:
+        """``(n_items, d)``: the item side of :meth:`query_vectors` (``dot_product`` models)."""
+        self.user_item_vectors()
+        raise NotImplementedError
+
     def can_place_items(self) -> bool:
         """True when :meth:`place_items` can embed new items from their content."""
         return False
@@ -172,38 +187,29 @@ class DotProductRecommender(Recommender):
     def clear_scoring(self) -> None:
         self._cache = None
 
-    def score(self, users: torch.Tensor, out: torch.Tensor | None = None, items: slice | None = None
-              ) -> torch.Tensor:
-        """``(len(users), n_items)`` scores, or only the columns ``items`` (a slice: evaluation scores the
-        catalogue tile by tile); ``out`` (at least that many rows and columns, the vectors' dtype and
-        device) receives them, so evaluation reuses one buffer for every chunk instead of allocating each."""
+    def query_vectors(self, users: torch.Tensor) -> torch.Tensor:
         if self._cache is None:
             self.prepare_scoring()
-        u, i = self._cache
-        if items is not None:
-            i = i[items]
-        if out is None or out.dtype != u.dtype or out.device != u.device or out.shape[0] < len(users) \
-                or out.shape[1] < len(i):
-            return u[users] @ i.T
-        return torch.mm(u[users], i.T, out=out[:len(users), :len(i)])
+        return self._cache[0][users]
 
-    def pair_scores(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores of the pairs ``(users[j], items[j])`` and, per pair, a bound on how far any score of that
-        user computed from these vectors (this product, or a matrix product in any summation order) lies
-        from the exact value: ``gamma_d |u| max_i |i|`` (Cauchy-Schwarz and the rounding bound of a
-        ``d``-term dot product; TF32 matrix products on a GPU count with TF32's precision)."""
+    def item_vectors(self) -> torch.Tensor:
         if self._cache is None:
             self.prepare_scoring()
-        u, i = self._cache
-        uu = u[users]
-        vals = (uu * i[items]).sum(dim=1)
-        unit = torch.finfo(u.dtype).eps / 2
-        if u.is_cuda and u.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
-            unit = 2.0 ** -11
-        d = u.shape[1]
-        gamma = d * unit / max(1.0 - d * unit, 1e-3)
-        bound = gamma * uu.norm(dim=1) * i.norm(dim=1).max()
-        return vals, bound
+        return self._cache[1]
+
+    def score(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``(len(users), n_items)`` scores, written into ``out`` when given (see :func:`dot_scores`)."""
+        return dot_scores(self.query_vectors(users), self.item_vectors(), out)
+
+
+def dot_scores(users: torch.Tensor, items: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``users @ items.T``; ``out`` (at least that many rows and columns, the vectors' dtype and device)
+    receives it, so evaluation reuses one buffer for every chunk instead of allocating each (a fresh
+    buffer per chunk costs page faults: ~2x slower). An ``out`` that does not fit is ignored."""
+    if out is None or out.dtype != users.dtype or out.device != users.device or out.shape[0] < len(users) \
+            or out.shape[1] < len(items):
+        return users @ items.T
+    return torch.mm(users, items.T, out=out[:len(users), :len(items)])
 
 
 MODELS: Registry[type[Recommender]] = Registry("model")

@@ -37,7 +37,7 @@ from torch import nn
 
 from ...data.split import History
 from ...data.training import TrainingData
-from ..base import Batch, ModelConfig, Recommender
+from ..base import Batch, ModelConfig, Recommender, dot_scores
 from ..contrastive import softmax_cross_entropy
 
 PAD = 0
@@ -304,8 +304,15 @@ class SequentialRecommender(Recommender):
             out = self.encode(torch.as_tensor(self.user_sequences(users, history), device=self.device))
         return out
 
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        return self.encode_users(users.cpu().numpy()).to(users.device) @ self._items().T
+    def query_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        """The encoded scoring histories of ``users``."""
+        return self.encode_users(users.cpu().numpy()).to(users.device)
+
+    def item_vectors(self) -> torch.Tensor:
+        return self._items()
+
+    def score(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return dot_scores(self.query_vectors(users), self._items(), out)
 
     @torch.no_grad()
     def user_item_vectors(self, history: History | None = None) -> tuple[torch.Tensor, torch.Tensor]:
