@@ -327,3 +327,23 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     # training did something (the best epoch is not the first), so equal results are not trivially equal
     assert m_ref["best_epoch"] > 1
     assert m_ref["test"]["recall@20"] > 0.1
+
+
+def test_a_run_that_will_not_fit_is_warned_before_training(tmp_path, monkeypatch, caplog):
+    """The memory estimate is compared with the free memory before the first epoch; the warning names
+    the largest parts and the fix."""
+    import logging
+
+    import prismrec.utils.runtime as runtime
+    from prismrec.runs import train_run
+
+    monkeypatch.setattr(runtime, "available_memory_bytes", lambda: 1024)
+    with caplog.at_level(logging.WARNING, logger="prismrec"):
+        train_run("bpr", "demo", tmp_path / "run", epochs=1, overrides=["train.threads=1"])
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "GiB more" in text and "adam state" in text and "Fix:" in text
+    caplog.clear()
+    monkeypatch.setattr(runtime, "available_memory_bytes", lambda: 1 << 50)
+    with caplog.at_level(logging.WARNING, logger="prismrec"):
+        train_run("bpr", "demo", tmp_path / "run2", epochs=1, overrides=["train.threads=1"])
+    assert "GiB more" not in " ".join(r.getMessage() for r in caplog.records)

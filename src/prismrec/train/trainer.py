@@ -101,6 +101,23 @@ class Trainer:
         est["total"] = sum(est.values())
         return est
 
+    def _warn_memory(self, est: dict[str, int]) -> None:
+        """Warn before training when what the run has yet to allocate (optimiser state, an evaluation chunk,
+        the model's transient tensors; parameters, graphs and features are already held) is more than this
+        machine has free (CPU runs)."""
+        from ..utils.runtime import available_memory_bytes
+
+        free = available_memory_bytes() if self.device.type == "cpu" else None
+        held = ("parameters", "graphs and features", "total")
+        parts = sorted(((v, k) for k, v in est.items() if k not in held), reverse=True)
+        need = sum(v for v, _ in parts)
+        if free is None or need <= free:
+            return
+        log.warning("this run will need about %.1f GiB more (largest: %s) and %.1f GiB are free. Fix: a smaller "
+                    "train.eval_batch_users, the model's memory options (docs/models/<model>.md, e.g. LIRDRec's "
+                    "item_chunk), or a machine with more memory.", need / 2**30,
+                    ", ".join(f"{k} {v / 2**30:.1f} GiB" for v, k in parts[:3]), free / 2**30)
+
     # ---------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
         """Train until ``epochs`` or early stopping; the model ends holding the best epoch's weights."""
@@ -109,6 +126,7 @@ class Trainer:
         t_start = time.perf_counter()
         est = self.memory_estimate()
         log.debug("memory estimate: %s", ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in est.items()))
+        self._warn_memory(est)
         if not model.trainable or cfg.epochs == 0:
             valid, eval_s = self.evaluate_valid()
             hist = [{"epoch": 0, "loss": None, "valid": valid, "train_s": None, "eval_s": eval_s}]

@@ -53,6 +53,19 @@ def current_rss_mb() -> float:
         return float("nan")
 
 
+def available_memory_bytes() -> int | None:
+    """Memory the kernel says a new allocation can get without swapping (``MemAvailable``), or None where
+    ``/proc/meminfo`` does not exist."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 @contextmanager
 def timer() -> Iterator[list[float]]:
     """``with timer() as t: ...`` then ``t[0]`` holds the elapsed seconds."""
