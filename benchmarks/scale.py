@@ -52,6 +52,8 @@ MODELS = ("lightgcn", "freedom", "lirdrec", "sasrecf")
 MODEL_SETS = {
     "sasrecf": ["sasrecf.loss_type=sampled"],  # full softmax: batch x positions x items logits per step
 }
+#: settings that change memory or chunking but not the computation's result (their rows stay in the plot)
+MEMORY_ONLY = ("item_chunk", "train.eval_batch_users")
 DIMS = {"text": 384, "image": 512}
 
 
@@ -290,7 +292,8 @@ def plot(rows: list[dict], path: Path) -> Path | None:
 
     plt = pyplot()
     rows = [r for r in rows if "error" not in r and r.get("size") in SIZES
-            and not [x for x in r.get("settings", []) if x not in MODEL_SETS.get(r["model"], [])]]
+            and not [x for x in r.get("settings", []) if x not in MODEL_SETS.get(r["model"], [])
+                     and x.split("=")[0] not in MEMORY_ONLY]]
     if plt is None or not rows:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))

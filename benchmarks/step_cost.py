@@ -37,7 +37,10 @@ def main() -> None:
     set_threads(1)
     seed_everything(cfg.seed)
     ds, split, model, tdata, _ = prepare(cfg)
-    source = model.build_sampler(tdata, cfg.train)
+    from prismrec.train.sampling import make_sampler
+
+    source = model.build_sampler(tdata, cfg.train) or make_sampler(model.sampler, tdata.train, tdata.train_items,
+                                                                   cfg.train.num_negatives)
     batches = []
     for batch in source.epoch(np.random.default_rng(0), cfg.train.batch_size, torch.device("cpu")):
         if len(batches) == args.steps:
