@@ -210,3 +210,21 @@ def test_commands_that_are_not_data_parallel_refuse_torchrun(tmp_path):
                            str(tmp_path / "c")], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "is not data-parallel" in proc.stderr and "torchrun" in proc.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_compare_trains_its_runs_data_parallel(bpr_runs, tmp_path):
+    """``compare --ddp 2`` trains each seed run with torchrun: the same run as ``torchrun ... train`` with the
+    same settings (equal metrics), and the table is built from it."""
+    data, _, ddp, _, _ = bpr_runs
+    from prismrec.compare import compare
+
+    threads = torch.get_num_threads()
+    try:
+        res = compare(["bpr"], str(data), tmp_path / "cmp", seeds=[5], overrides=BPR_SETS, epochs=EPOCHS, ddp=2)
+    finally:
+        torch.set_num_threads(threads)
+    run = tmp_path / "cmp" / "bpr" / "seed-5"
+    m = metrics(run)
+    assert m["distributed"] == {"processes": 2, "backend": "gloo"}
+    assert m["test"] == pytest.approx(metrics(ddp)["test"], abs=1e-9)
+    assert f"{m['test']['recall@20']:.4f}" in res.markdown

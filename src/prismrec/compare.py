@@ -91,7 +91,7 @@ def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *
             config_files: Sequence[str | Path] = (), overrides: OverridesLike = (), epochs: int | None = None,
             metrics: Sequence[str] = DEFAULT_METRICS, progress: bool = False,
             on_run: Callable[[str, int, dict[str, Any]], None] | None = None, tune_trials: int = 0,
-            tune_options: Mapping[str, Any] | None = None, jobs: int | None = 1) -> Comparison:
+            tune_options: Mapping[str, Any] | None = None, jobs: int | None = 1, ddp: int = 1) -> Comparison:
     """Train (or reuse) every entry x seed under ``out`` and tabulate test metrics (mean, std).
 
     ``jobs``: runs trained at once, in worker processes with ``cores // jobs`` torch threads each
@@ -101,7 +101,10 @@ def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *
     ``tune_trials > 0``: before its seeds, every entry gets the same search (``tune_trials`` TPE trials on
     validation of its model's search space, its own bracket settings held fixed, the same patience and epochs;
     ``OUT/<entry>/tune``), and its seeds run the selected setting; the table's caption says so.
-    ``tune_options`` are passed to :func:`prismrec.study.tune_study` (``workers``, ``select``, ``prune``...)."""
+    ``tune_options`` are passed to :func:`prismrec.study.tune_study` (``workers``, ``select``, ``prune``...).
+
+    ``ddp > 1``: every seed run is trained data-parallel by that many processes (``torchrun``; one run at a
+    time, :func:`prismrec.parallel.torchrun_train`); tuning trials still run one process each."""
     out = Path(out)
     parsed = [e if isinstance(e, Entry) else Entry.parse(e) for e in entries]
     labels = [e.label for e in parsed]
@@ -136,10 +139,13 @@ def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *
         if on_run:
             on_run(plan[todo[i][0]][0].label, plan[todo[i][0]][1], m)
 
-    from .parallel import default_jobs, run_all  # several runs at once (jobs): see prismrec.parallel
+    from .parallel import default_jobs, run_all, torchrun_train  # several runs at once: see prismrec.parallel
 
-    run_all([t for _, t in todo], default_jobs(len(todo)) if jobs is None else jobs, progress=progress,
-            on_result=trained, train=lambda **kw: train_run(**kw).metrics)
+    if ddp > 1:
+        run_all([t for _, t in todo], 1, on_result=trained, train=torchrun_train(ddp))
+    else:
+        run_all([t for _, t in todo], default_jobs(len(todo)) if jobs is None else jobs, progress=progress,
+                on_result=trained, train=lambda **kw: train_run(**kw).metrics)
     for entry, seed, run_dir, m in plan:
         row = {"entry": entry.label, "model": m["model"], "seed": seed, "best_epoch": m["best_epoch"],
                "epochs_run": m["epochs_run"], "train_seconds": m["train_seconds"],

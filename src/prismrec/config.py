@@ -361,6 +361,12 @@ def split_values(text: str) -> list[str]:
     return [v for v in [*out, cur] if v.strip()]
 
 
+def override_args(overrides: OverridesLike) -> list[str]:
+    """Overrides as ``KEY=VALUE`` strings that :func:`parse_overrides` reads back to the same values (the
+    ``--set`` arguments of a child process)."""
+    return [_show(k, v) for k, v in parse_overrides(overrides).items()]
+
+
 def _put(out: Overrides, key: str, value: Any) -> None:
     out.pop(key, None)
     out[key] = value

@@ -15,6 +15,10 @@ long run on one core. Log records of the workers are handled by the main process
 warning still appears once), and on a terminal the main process draws one live line per running run.
 
 ``jobs == 1`` trains in this process, exactly as before.
+
+Data-parallel runs (``compare --ddp N``): :func:`torchrun_train` trains each run with ``N`` processes
+(``torchrun --standalone``: gloo on CPU, NCCL on GPU), one run at a time, through the ``train`` command,
+and reads its ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -214,6 +218,39 @@ def order_runs(models: list[str]) -> list[int]:
     return sorted(range(len(models)), key=lambda i: -COST_RANK.get(models[i], 5))
 
 
+def torchrun_train(nproc: int) -> Callable[..., dict[str, Any]]:
+    """A ``train`` for :func:`run_all`: each run trained data-parallel by ``nproc`` processes,
+    ``python -m torch.distributed.run --standalone --nproc_per_node nproc -m prismrec train ...`` with the
+    run's model, data, config files, settings, seed, epochs and ``--resume``; returns its metrics."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from .config import override_args
+    from .errors import PrismrecError
+
+    def train(*, model: str, data: Any, out: Any, config_files: Any = (), overrides: Any = (), seed: int | None = None,
+              epochs: int | None = None, resume: bool = False, progress: bool = False, **_: Any) -> dict[str, Any]:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "prismrec", "-q", "train", "--model", str(model), "--data", str(data), "--out", str(out)]
+        cmd += [a for c in config_files for a in ("--config", str(c))]
+        cmd += [a for s in override_args(overrides) for a in ("--set", s)]
+        cmd += ["--seed", str(seed)] if seed is not None else []
+        cmd += ["--epochs", str(epochs)] if epochs is not None else []
+        cmd += ["--resume"] if resume else []
+        log.info("training %s with %d processes: %s", out, nproc, " ".join(cmd[2:]))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TORCH_CPP_LOG_LEVEL": "ERROR"})
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+            raise PrismrecError(f"the data-parallel run {out} failed (exit {proc.returncode}):\n{tail}\nFix: run "
+                                f"`{' '.join(cmd[2:])}` alone to see the whole output; the run resumes from its "
+                                "last checkpoint when the comparison is started again.")
+        return json.loads((Path(out) / "metrics.json").read_text())
+
+    return train
+
+
 def run_all(tasks: list[dict[str, Any]], jobs: int, *, progress: bool = False,
             on_result: Callable[[int, dict[str, Any]], None] | None = None,
             train: Callable[..., dict[str, Any]] | None = None) -> list[dict[str, Any]]:
@@ -236,4 +273,4 @@ def run_all(tasks: list[dict[str, Any]], jobs: int, *, progress: bool = False,
     return results
 
 
-__all__ = ["COST_RANK", "RunPool", "default_jobs", "order_runs", "run_all", "usable_cores"]
+__all__ = ["COST_RANK", "RunPool", "default_jobs", "order_runs", "run_all", "torchrun_train", "usable_cores"]

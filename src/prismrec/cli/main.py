@@ -240,6 +240,8 @@ def compare(
     tune_workers: int = typer.Option(1, "--tune-workers", min=1, help="local worker processes of each search"),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="runs trained at once, each with cores/N "
                                        "torch threads (default: 2 on a CPU with 2+ cores, 1 on a GPU)"),
+    ddp: int = typer.Option(1, "--ddp", min=1, help="train each run data-parallel with N processes (torchrun; gloo "
+                            "on CPU, NCCL on GPU), one run at a time; tuning trials stay one process"),
     track: Optional[str] = typer.Option(None, "--track", help=_TRACK_HELP),
     track_uri: Optional[str] = typer.Option(None, "--track-uri", help=_TRACK_URI_HELP),
 ) -> None:
@@ -260,7 +262,8 @@ def compare(
         res = run_compare(model, data, out, seeds=seed_list, config_files=config, overrides=parse_overrides(set_),
                           epochs=epochs,
                           metrics=[m.strip().lower() for m in metrics.split(",")], progress=_progress(), on_run=on_run,
-                          tune_trials=tune, tune_options={"workers": tune_workers} if tune else None, jobs=jobs)
+                          tune_trials=tune, tune_options={"workers": tune_workers} if tune else None, jobs=jobs,
+                          ddp=ddp)
     _print(res.markdown)
     _print(f"tables saved in {out}/results.md and {out}/results.csv")
     if res.report is not None:
