@@ -306,9 +306,11 @@ def topk_similarity(x: torch.Tensor, k: int, *, available: torch.Tensor | np.nda
     local = torch.arange(m, device=device)
     rows_per_block = max(1, min(m, block_bytes // max(4 * m, 1)))
     out_c, out_v = [], []
+    buffer = torch.empty((rows_per_block, m), dtype=xd.dtype, device=device)  # reused: fresh blocks cost page faults
     with torch.no_grad():
         for start in range(0, m, rows_per_block):
-            sims = xd[start:start + rows_per_block] @ xd.T                    # (B, m)
+            part = xd[start:start + rows_per_block]
+            sims = torch.mm(part, xd.T, out=buffer[:len(part)])               # (B, m)
             if exclude_self:
                 r = torch.arange(sims.shape[0], device=device)
                 sims[r, r + start] = -torch.inf
