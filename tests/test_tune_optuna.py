@@ -214,3 +214,14 @@ def test_two_workers_share_one_postgresql_study(mmrec_folder, tmp_path, postgres
     for i, p in enumerate(procs):
         assert p.wait(timeout=120) == 0, (tmp_path / f"worker-{i}.err").read_text()[-2000:]
     _check_two_workers(out, log, 6)
+
+
+def test_the_pruning_warmup_is_a_cli_option(tmp_path):
+    """``tune --prune-warmup N`` reaches the study (saved, and stated in its protocol line)."""
+    out = tmp_path / "warm"
+    proc = subprocess.run([sys.executable, "-m", "prismrec", "-q", "tune", "-m", "bpr", "-d", "demo", "-o", str(out),
+                           "--trials", "1", "--epochs", "1", "--final-seeds", "", "--prune-warmup", "5",
+                           "--set", "train.threads=1"], env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "study.json").read_text())["prune_warmup"] == 5
+    assert "median pruning after 5 epochs" in (out / "tune.md").read_text()
