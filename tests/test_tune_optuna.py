@@ -225,3 +225,19 @@ def test_the_pruning_warmup_is_a_cli_option(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "study.json").read_text())["prune_warmup"] == 5
     assert "median pruning after 5 epochs" in (out / "tune.md").read_text()
+
+
+def test_status_of_a_compare_folder_lists_every_entry(mmrec_folder, tmp_path, monkeypatch):
+    """``tune --status OUT`` on a ``compare --tune`` folder prints each entry's study."""
+    from prismrec.cli.tune_cli import run_tune_command
+
+    folder, _ = mmrec_folder
+    monkeypatch.setattr(study_module, "train_run", make_fake())
+    for entry in ("lightgcn", "lightgcn_n_layers=1"):
+        tune_study("lightgcn", str(folder), tmp_path / "cmp" / entry / "tune", space={"reg_type": None},
+                   trials=2, final_seeds=(), prune=False)
+    printed: list[str] = []
+    run_tune_command({"status": tmp_path / "cmp", "storage": None}, printed.append)
+    text = "\n".join(printed)
+    assert text.count("trials: 2 complete") == 2
+    assert "lightgcn: study" in text and "lightgcn_n_layers=1: study" in text

@@ -19,9 +19,17 @@ def run_tune_command(a: dict[str, Any], echo: Callable[[str], None], *, progress
     from ..config import parse_overrides
 
     if a["status"] is not None:
+        from pathlib import Path
+
         from ..study import status_text, study_status
 
-        echo(status_text(study_status(a["status"], a["storage"])))
+        folder = Path(a["status"])
+        entries = sorted(p.parent for p in folder.glob("*/tune/study.json")) if not (folder / "study.json").is_file() \
+            else []
+        if entries:  # a compare --tune folder: every entry's study
+            echo("\n\n".join(f"{e.parent.name}: " + status_text(study_status(e, a["storage"])) for e in entries))
+            return
+        echo(status_text(study_status(folder, a["storage"])))
         return
     if a["worker"] is not None:
         from ..study import run_worker
