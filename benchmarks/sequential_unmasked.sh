@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The published protocol for sequential models (RecBole's full ranking: the user's history NOT masked), with
+# training, early stopping and selection under that same protocol, on scientific with text only (as VQ-Rec /
+# UniSRec / MISSRec), seeds 0,1,2; the table's paired tests are against SASRec-F. Resumable.
+# Usage: PRISMREC_DATA=../shared/data bash benchmarks/sequential_unmasked.sh [OUT]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+P=${PRISMREC:-.venv/bin/prismrec}
+OUT=${1:-bench_out/seq/scientific_text_unmasked}
+$P -q compare --data scientific --out "$OUT" --seeds 0,1,2 --jobs 1 --model sasrecf --model sasrec --model gru4rec \
+   --set "data.modalities=[text]" --set train.mask_history=false --set train.epochs=200 --set train.threads=1 \
+   --metrics recall@10,ndcg@10,recall@50,ndcg@50
