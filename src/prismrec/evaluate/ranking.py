@@ -8,8 +8,9 @@ each score, no sort) where only metrics are asked for, or from the top ``K_max``
 model (general or sequential) is scored from its ``query_vectors`` and ``item_vectors`` in tiles of items
 (:data:`ITEM_TILE` columns, more users per product) when its catalogue is larger than a tile; a chunk's
 query vectors (a sequential model's encoded histories) are computed once for all its tiles. Memory is
-``O(chunk x n_items)`` at most: the whole users x items score matrix never exists. Under ``torchrun`` each rank ranks a contiguous share of the users and the per-user hit
-rows are summed across ranks (:mod:`prismrec.utils.distributed`).
+``O(chunk x n_items)`` at most: the whole users x items score matrix never exists. Under ``torchrun``
+each rank ranks a contiguous share of the users and the per-user hit rows are summed across ranks
+(:mod:`prismrec.utils.distributed`).
 """
 
 from __future__ import annotations

@@ -113,9 +113,11 @@ class Recommender(nn.Module):
     def prepare_scoring(self, history: History | None = None) -> None:
         """Compute whatever ``score`` reuses across user chunks, given what is known (``history``)."""
 
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        """Scores of every item for each user in ``users``: shape ``(len(users), n_items)``."""
-        raise NotImplementedError
+    def score(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of every item for each user in ``users``: shape ``(len(users), n_items)``. Here, for
+        ``dot_product`` models: ``query_vectors(users) @ item_vectors().T`` (written into ``out`` when given,
+        :func:`dot_scores`); other models override it."""
+        return dot_scores(self.query_vectors(users), self.item_vectors(), out)
 
     def clear_scoring(self) -> None:
         """Drop what ``prepare_scoring`` cached (called when the model goes back to training)."""
@@ -196,10 +198,6 @@ class DotProductRecommender(Recommender):
         if self._cache is None:
             self.prepare_scoring()
         return self._cache[1]
-
-    def score(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``(len(users), n_items)`` scores, written into ``out`` when given (see :func:`dot_scores`)."""
-        return dot_scores(self.query_vectors(users), self.item_vectors(), out)
 
 
 def dot_scores(users: torch.Tensor, items: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

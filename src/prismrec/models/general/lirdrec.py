@@ -233,18 +233,27 @@ class LIRDRec(DotProductRecommender):
         values = [t.values for t in self.features.values()]
         return torch.cat([v @ b.T for v, b in zip(values, bases)] if bases else values, dim=1)
 
+    def shared_branch(self, values: list[torch.Tensor], shared_w: list[torch.Tensor],
+                      missing: torch.Tensor | None) -> torch.Tensor:
+        """The shared channel ``(n, d)`` from each modality's feature rows (zero where missing), the folded
+        first-layer weights (:meth:`shared_weights`) and the missing-block flags ``(n, M)`` (None: none)."""
+        lin, act, last = self.shared
+        hidden = lin.bias + sum(v @ w.T for v, w in zip(values, shared_w))
+        if missing is not None:
+            hidden = hidden + missing @ self.shared_missing
+        return last(act(hidden))
+
     def _layer0(self, start: int, stop: int, shared_w: list[torch.Tensor]) -> torch.Tensor:
         """Layer-0 inputs ``(stop - start, C, d)`` of items ``start..stop-1``."""
         rows = slice(start, stop)
         out = [self.projections[n](t.values[rows], t.available[rows]) for n, t in self.features.items()]
-        lin, act, last = self.shared
-        if self.shared_table is not None:
+        missing = self.shared_missing_blocks[rows] if self._any_missing_block else None
+        if self.shared_table is not None:  # 2d: the spectrum's rows are frequencies, fed as they are
+            lin, act, last = self.shared
             hidden = lin(self.shared_table[rows])
+            out.append(last(act(hidden if missing is None else hidden + missing @ self.shared_missing)))
         else:
-            hidden = lin.bias + sum(t.values[rows] @ w.T for t, w in zip(self.features.values(), shared_w))
-        if self._any_missing_block:
-            hidden = hidden + self.shared_missing_blocks[rows] @ self.shared_missing
-        out.append(last(act(hidden)))
+            out.append(self.shared_branch([t.values[rows] for t in self.features.values()], shared_w, missing))
         return torch.stack(out, dim=1)
 
     def item_inputs(self) -> torch.Tensor:
@@ -346,7 +355,7 @@ class LIRDRec(DotProductRecommender):
         if getattr(self, "_placement", None) is None:
             self._placement = self.propagated()[self.n_users:]
         n = len(next(iter(features.values()))[0]) if features else 0
-        chans, spectra, missing, have = [], [], [], {}
+        chans, inputs, missing, have = [], [], [], {}
         for name, table in self.features.items():
             vals, ok = features.get(name, (np.zeros((n, table.dim), np.float32), np.zeros(n, bool)))
             vals = np.asarray(vals, np.float32).reshape(n, table.dim)
@@ -354,13 +363,10 @@ class LIRDRec(DotProductRecommender):
             have[name] = (vals, ok)
             chans.append(self.projections[name](torch.from_numpy(vals).to(self.device),
                                                 torch.from_numpy(ok).to(self.device)))
-            spec = vals if self.config.dct_mode == "none" else scipy.fft.dct(vals, type=2, norm="ortho", axis=1)
-            spectra.append(np.where(ok[:, None], spec, 0.0).astype(np.float32))
+            inputs.append(torch.from_numpy(np.where(ok[:, None], vals, 0.0).astype(np.float32)).to(self.device))
             missing.append((~ok).astype(np.float32))
-        lin, act, last = self.shared
-        hidden = (lin(torch.from_numpy(np.concatenate(spectra, axis=1)).to(self.device))
-                  + torch.from_numpy(np.stack(missing, axis=1)).to(self.device) @ self.shared_missing)
-        chans.append(last(act(hidden)))
+        chans.append(self.shared_branch(inputs, self.shared_weights(),
+                                        torch.from_numpy(np.stack(missing, axis=1)).to(self.device)))
         x = F.normalize(torch.stack(chans, dim=1), dim=-1).reshape(n, -1)
         k = self.config.knn_k
         hop, total = torch.zeros_like(x), torch.zeros(n, 1, device=x.device)

@@ -37,7 +37,7 @@ from torch import nn
 
 from ...data.split import History
 from ...data.training import TrainingData
-from ..base import Batch, ModelConfig, Recommender, dot_scores
+from ..base import Batch, ModelConfig, Recommender
 from ..contrastive import softmax_cross_entropy
 
 PAD = 0
@@ -310,9 +310,6 @@ class SequentialRecommender(Recommender):
 
     def item_vectors(self) -> torch.Tensor:
         return self._items()
-
-    def score(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        return dot_scores(self.query_vectors(users), self._items(), out)
 
     @torch.no_grad()
     def user_item_vectors(self, history: History | None = None) -> tuple[torch.Tensor, torch.Tensor]:
