@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--profile", action="store_true", help="print torch's operator table (self CPU time)")
+    ap.add_argument("--shapes", action="store_true", help="with --profile: one row per operator and input shape")
     args = ap.parse_args()
 
     from prismrec.runs import build_config, prepare
@@ -65,9 +66,9 @@ def main() -> None:
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
             run()
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+        print(prof.key_averages(group_by_input_shape=args.shapes).table(sort_by="self_cpu_time_total", row_limit=25))
         return
     c0 = time.process_time()
     losses = run()
