@@ -5,6 +5,10 @@ trials (complete / pruned / failed), the epochs trained in the search, the searc
 its trials' durations, from the study's storage), the seed runs' training time, the selected setting with
 its validation score, and the seeds' test mean ± std. Markdown on stdout.
 
+Pruning's saving is an estimate: a pruned trial is counted as if it would have run as many epochs as the
+study's completed trials did on average (what it would really have run is unknown once it is stopped);
+the last line gives the share of epochs saved over all studies of the folder.
+
 Usage: python benchmarks/collect_tuned.py bench_out/tuned_topk/scientific_mm [--metric recall@20]
 """
 
@@ -38,7 +42,7 @@ def main() -> None:
     ap.add_argument("--metric", default="recall@20")
     args = ap.parse_args()
     runs = pd.read_csv(args.folder / "runs.csv")
-    rows = []
+    rows, totals = [], {"epochs": 0, "saved": 0.0}
     for entry, sub in runs.groupby("entry", sort=False):
         tune = args.folder / str(entry) / "tune"
         if not (tune / "study.json").is_file():
@@ -48,7 +52,13 @@ def main() -> None:
         states = pd.Series([t.state.name.lower() for t in trials]).value_counts()
         search_s = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials
                        if t.datetime_complete and t.datetime_start)
-        epochs = int(pd.read_csv(tune / "trials.csv")["epochs_run"].fillna(0).sum())
+        tried = pd.read_csv(tune / "trials.csv")
+        epochs = int(tried["epochs_run"].fillna(0).sum())
+        done = tried.loc[tried["state"] == "complete", "epochs_run"]
+        pruned = tried.loc[tried["state"] == "pruned", "epochs_run"].fillna(0)
+        saved = float((done.mean() - pruned).clip(lower=0).sum()) if len(done) and len(pruned) else 0.0
+        totals["epochs"] += epochs
+        totals["saved"] += saved
         best = study.best_trial
         test = sub[f"test_{args.metric}"].to_numpy(float)
         rows.append({
@@ -56,6 +66,7 @@ def main() -> None:
             "trials (complete / pruned / failed)": f"{states.get('complete', 0)} / {states.get('pruned', 0)} / "
                                                    f"{states.get('fail', 0)}",
             "epochs in the search": epochs,
+            "epochs saved by pruning (est.)": round(saved),
             "search wall s": round(search_s),
             "seed runs train s": round(float(sub["train_seconds"].sum())),
             "selected setting": ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()),
@@ -69,6 +80,11 @@ def main() -> None:
     for r in rows:
         table.add(*r.values())
     print(table.markdown())
+    if totals["epochs"]:
+        share = totals["saved"] / (totals["epochs"] + totals["saved"])
+        print(f"\nPruning saved about {totals['saved']:.0f} epochs, {share:.0%} of what the searches would have "
+              f"trained without it ({totals['epochs']} trained; estimate: each pruned trial counted at its study's "
+              f"mean completed length).")
 
 
 if __name__ == "__main__":
