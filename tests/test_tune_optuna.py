@@ -241,3 +241,11 @@ def test_status_of_a_compare_folder_lists_every_entry(mmrec_folder, tmp_path, mo
     text = "\n".join(printed)
     assert text.count("trials: 2 complete") == 2
     assert "lightgcn: study" in text and "lightgcn_n_layers=1: study" in text
+
+
+def test_protocol_line_says_when_a_tpe_budget_is_only_random_draws():
+    from prismrec.study import TPE_STARTUP, tpe_startup_note
+
+    assert "random start-up" in tpe_startup_note(6) and "6" in tpe_startup_note(6)
+    assert "random start-up" in tpe_startup_note(TPE_STARTUP)
+    assert tpe_startup_note(TPE_STARTUP + 1) == "" and tpe_startup_note(None) == ""

@@ -176,7 +176,7 @@ def _tune_entries(entries: list[Entry], data: Any, out: Path, trials: int, seeds
     """The same search for every entry: ``trials`` trials (trial seed: the first seed), then its best setting."""
     from .runs import build_config
     from .search_space import canonical_key
-    from .study import tune_study
+    from .study import tpe_startup_note, tune_study
 
     patience = {build_config(e.model, data, config_files=config_files,
                              overrides=merge_overrides(overrides, e.overrides)).train.patience for e in entries}
@@ -201,7 +201,8 @@ def _tune_entries(entries: list[Entry], data: Any, out: Path, trials: int, seeds
                                          {"train.valid_metric": spec.select})
     assert spec is not None
     prune = f"median pruning after {spec.prune_warmup} epochs" if spec.prune else "no pruning"
-    protocol = (f"each model: {trials} trials TPE on validation {spec.select} (trial seed {seeds[0]}, {prune}, "
+    protocol = (f"each model: {trials} trials TPE{tpe_startup_note(trials)} on validation {spec.select} "
+                f"(trial seed {seeds[0]}, {prune}, "
                 f"patience {patience.pop()}{f', at most {epochs} epochs' if epochs else ''}), then seeds "
                 f"{', '.join(map(str, seeds))} of the selected setting; test scored only for those runs.")
     return tuned, protocol

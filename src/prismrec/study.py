@@ -48,6 +48,7 @@ JOURNAL_FILE = "study.journal"
 PRUNED_FILE = "pruned.json"
 HEARTBEAT_SECONDS = 10  # database storages: a trial whose worker is silent for 3 beats is failed and retried
 MAX_RETRY = 3
+TPE_STARTUP = 10  # random trials before TPE models the results (Optuna's default, stated in every protocol line)
 
 
 def require_optuna():
@@ -99,11 +100,20 @@ class StudySpec:
 
     @property
     def protocol(self) -> str:
+        """One line for a table's caption; says when a TPE budget is all random start-up draws."""
         budget = " and ".join(x for x in [f"{self.trials} trials" if self.trials else "",
                                           f"{self.timeout:g}s" if self.timeout else ""] if x)
         prune = (f", median pruning after {self.prune_warmup} epochs" if self.prune and self.sampler == "tpe"
                  else ", no pruning")
-        return (f"{budget} {self.sampler.upper()} on validation {self.select} (trial seeds {self.seeds}{prune})")
+        return (f"{budget} {self.sampler.upper()}{tpe_startup_note(self.trials) if self.sampler == 'tpe' else ''} "
+                f"on validation {self.select} (trial seeds {self.seeds}{prune})")
+
+
+def tpe_startup_note(trials: int | None) -> str:
+    """`` (all random: ...)`` when the budget does not pass TPE's random start-up trials, else ``""``."""
+    if trials and trials <= TPE_STARTUP:
+        return f" (all {trials} are TPE's seeded random start-up draws: its model is used from trial {TPE_STARTUP + 1})"
+    return ""
 
 
 def storage_url(storage: str | None, out: Path) -> str:
@@ -142,7 +152,8 @@ def open_study(spec: StudySpec, worker_id: int = 0):
         sampler = optuna.samplers.GridSampler(grid_values(spec.space), seed=spec.sampler_seed + worker_id)
     elif spec.sampler == "tpe":
         # a different seed per worker, so that workers do not draw the same start-up settings
-        sampler = optuna.samplers.TPESampler(seed=spec.sampler_seed + worker_id, constant_liar=True)
+        sampler = optuna.samplers.TPESampler(seed=spec.sampler_seed + worker_id, constant_liar=True,
+                                             n_startup_trials=TPE_STARTUP)
     else:
         raise ConfigError(f"unknown sampler {spec.sampler!r}; use tpe or grid.")
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=spec.prune_startup, n_warmup_steps=spec.prune_warmup)
