@@ -249,3 +249,42 @@ def test_protocol_line_says_when_a_tpe_budget_is_only_random_draws():
     assert "random start-up" in tpe_startup_note(6) and "6" in tpe_startup_note(6)
     assert "random start-up" in tpe_startup_note(TPE_STARTUP)
     assert tpe_startup_note(TPE_STARTUP + 1) == "" and tpe_startup_note(None) == ""
+
+
+def test_start_at_defaults_makes_the_run_settings_the_first_trial_once(mmrec_folder, tmp_path, monkeypatch):
+    folder, _ = mmrec_folder
+    seen: list[dict] = []
+
+    def train_run(model, data, out, *, overrides, seed, on_epoch=None, **kw):
+        seen.append(dict(overrides))
+        m = {"best_epoch": 1, "epochs_run": 1, "valid": {"recall@20": 0.1 * overrides["lightgcn.n_layers"]}}
+        return type("R", (), {"metrics": m})()
+
+    monkeypatch.setattr(study_module, "train_run", train_run)
+    space = {"reg_type": None, "learning_rate": FloatRange(1e-4, 1e-2, True), "reg_weight": FloatRange(0.5, 0.9)}
+    out = tmp_path / "d"
+    tune_study("lightgcn", str(folder), out, space=space, trials=3, final_seeds=(), prune=False,
+               overrides=["lightgcn.n_layers=2"], start_at_defaults=True)
+    first = seen[0]
+    # the run's own settings: the learning rate default (1e-3) and the --set layer count; reg_weight's
+    # default (1e-4) lies outside uniform(0.5, 0.9), so the sampler drew it
+    assert first["train.learning_rate"] == pytest.approx(1e-3) and first["lightgcn.n_layers"] == 2
+    assert 0.5 <= first["lightgcn.reg_weight"] <= 0.9
+    assert "the first trial at the defaults" in (out / "tune.md").read_text()
+    # resumed with a larger budget: the defaults are not queued a second time
+    tune_study("lightgcn", str(folder), out, space=space, trials=5, final_seeds=(), prune=False,
+               overrides=["lightgcn.n_layers=2"], start_at_defaults=True)
+    assert len(seen) == 5
+    assert sum(s["train.learning_rate"] == pytest.approx(1e-3) and s["lightgcn.n_layers"] == 2 for s in seen[1:]) == 0
+
+
+def test_a_study_saved_before_a_new_setting_existed_still_resumes(mmrec_folder, tmp_path, monkeypatch):
+    folder, _ = mmrec_folder
+    monkeypatch.setattr(study_module, "train_run", make_fake())
+    out = tmp_path / "old"
+    tune_study("lightgcn", str(folder), out, space={"reg_type": None}, trials=1, final_seeds=(), prune=False)
+    spec = json.loads((out / "study.json").read_text())
+    del spec["start_at_defaults"]  # as written by an earlier version
+    (out / "study.json").write_text(json.dumps(spec))
+    res = tune_study("lightgcn", str(folder), out, space={"reg_type": None}, trials=2, final_seeds=(), prune=False)
+    assert len(res.trials) == 2

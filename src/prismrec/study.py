@@ -31,7 +31,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -86,6 +86,7 @@ class StudySpec:
     prune: bool = True
     prune_startup: int = 3  # trials that complete before any pruning
     prune_warmup: int = 2   # epochs of a trial never pruned
+    start_at_defaults: bool = False  # the first trial is the run's own settings (those inside the space)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -105,8 +106,9 @@ class StudySpec:
                                           f"{self.timeout:g}s" if self.timeout else ""] if x)
         prune = (f", median pruning after {self.prune_warmup} epochs" if self.prune and self.sampler == "tpe"
                  else ", no pruning")
+        start = ", the first trial at the defaults" if self.start_at_defaults else ""
         return (f"{budget} {self.sampler.upper()}{tpe_startup_note(self.trials) if self.sampler == 'tpe' else ''} "
-                f"on validation {self.select} (trial seeds {self.seeds}{prune})")
+                f"on validation {self.select} (trial seeds {self.seeds}{prune}{start})")
 
 
 def tpe_startup_note(trials: int | None) -> str:
@@ -328,7 +330,8 @@ def write_spec(out: Path, spec: StudySpec) -> None:
     if p.is_file():
         old = read_json(p)
         keep = ("trials", "timeout", "storage")  # the budget may grow on resume; storage is per call
-        diffs = [k for k in new if k not in keep and old.get(k) != json.loads(json.dumps(new[k]))]
+        defaults = {f.name: f.default for f in fields(StudySpec) if f.default is not MISSING}
+        diffs = [k for k in new if k not in keep and old.get(k, defaults.get(k)) != json.loads(json.dumps(new[k]))]
         if diffs:
             raise PrismrecError(f"{out} holds a study with other settings ({', '.join(diffs)}); nothing is mixed. "
                                 "Fix: choose a new --out, or repeat the study's own settings.")
@@ -370,14 +373,16 @@ def tune_study(model: str, data: str | Path, out: str | Path, *, space: Mapping[
                config_files: Sequence[str | Path] = (), overrides: Any = (), epochs: int | None = None,
                select: str | None = None, storage: str | None = None, study_name: str | None = None,
                workers: int = 1, prune: bool = True, prune_warmup: int = 2, prune_startup: int = 3,
-               sampler_seed: int = 0, progress: bool = False,
+               sampler_seed: int = 0, start_at_defaults: bool = False, progress: bool = False,
                on_trial: Callable[[int, dict[str, Any], float | None, str], None] | None = None,
                on_run: Callable[[str, int, dict[str, Any]], None] | None = None) -> StudyResult:
     """Search ``model``'s space on validation (Optuna), then run the best setting with ``final_seeds``.
 
     ``space`` narrows or widens the model's declared space (a key given replaces that entry, None drops
     it); the search runs in ``workers`` local processes (1: in this process) sharing ``storage`` (default
-    the journal ``OUT/study.journal``). Running it again with the same ``out`` resumes the study."""
+    the journal ``OUT/study.journal``). Running it again with the same ``out`` resumes the study.
+    ``start_at_defaults``: the study's first trial is the run's own settings (the model's defaults with the
+    given config files and overrides) for every searched key they fall inside; the sampler draws the rest."""
     require_optuna()
     out = Path(out)
     if not trials and not timeout:
@@ -399,8 +404,11 @@ def tune_study(model: str, data: str | Path, out: str | Path, *, space: Mapping[
                      space=full, seeds=list(seeds), epochs=epochs, select=select, overrides=_jsonable(ov),
                      config_files=[str(p) for p in config_files], storage=storage_url(storage, out),
                      study_name=study_name or f"{name}", trials=trials, timeout=timeout, sampler=sampler,
-                     sampler_seed=sampler_seed, prune=prune, prune_warmup=prune_warmup, prune_startup=prune_startup)
+                     sampler_seed=sampler_seed, prune=prune, prune_warmup=prune_warmup, prune_startup=prune_startup,
+                     start_at_defaults=start_at_defaults)
     write_spec(out, spec)
+    if start_at_defaults:
+        enqueue_defaults(open_study(spec), default_point(full, cfg))
     log.info("study %s in %s: %s; space: %s", spec.study_name, out, spec.protocol, describe_space(full))
     if workers > 1:
         open_study(spec)  # the storage's tables and the study exist before the workers race to them
@@ -408,6 +416,25 @@ def tune_study(model: str, data: str | Path, out: str | Path, *, space: Mapping[
     else:
         run_worker(out, 0, progress=progress, on_trial=on_trial)
     return finish_study(out, final_seeds=final_seeds, progress=progress, on_run=on_run)
+
+
+def default_point(space: Mapping[str, Dist], cfg: Any) -> dict[str, Any]:
+    """The run's own value of each searched key (``train.*`` / ``data.*`` / the model's), where it lies inside
+    the key's distribution; keys whose value lies outside are left to the sampler."""
+    point = {}
+    for key, dist in space.items():
+        section, _, name = key.partition(".")
+        src = {"train": cfg.train, "data": cfg.data}.get(section) if name else None
+        value = getattr(src, name, None) if src is not None else getattr(cfg.params, key, None)
+        if value is not None and dist.contains(value):
+            point[key] = value
+    return point
+
+
+def enqueue_defaults(study, point: Mapping[str, Any]) -> None:
+    """Queue ``point`` as the study's first trial, once (not again on resume, nor when it already has trials)."""
+    if point and not study.get_trials(deepcopy=False):
+        study.enqueue_trial(dict(point), user_attrs={"defaults": True})
 
 
 def _jsonable(ov: Mapping[str, Any]) -> dict[str, Any]:

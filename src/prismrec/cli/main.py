@@ -239,6 +239,8 @@ def compare(
                              "on validation (its declared search space) before its seeds"),
     tune_workers: int = typer.Option(1, "--tune-workers", min=1, help="local worker processes of each search"),
     tune_prune_warmup: int = typer.Option(2, "--tune-prune-warmup", min=0, help="epochs of a trial never pruned"),
+    tune_start_at_defaults: bool = typer.Option(False, "--tune-start-at-defaults", help="each search's first trial "
+                                                "is that model's own settings (its defaults, --set)"),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="runs trained at once, each with cores/N "
                                        "torch threads (default: 2 on a CPU with 2+ cores, 1 on a GPU)"),
     ddp: int = typer.Option(1, "--ddp", min=1, help="train each run data-parallel with N processes (torchrun; gloo "
@@ -263,7 +265,8 @@ def compare(
         res = run_compare(model, data, out, seeds=seed_list, config_files=config, overrides=parse_overrides(set_),
                           epochs=epochs,
                           metrics=[m.strip().lower() for m in metrics.split(",")], progress=_progress(), on_run=on_run,
-                          tune_trials=tune, tune_options={"workers": tune_workers, "prune_warmup": tune_prune_warmup}
+                          tune_trials=tune, tune_options={"workers": tune_workers, "prune_warmup": tune_prune_warmup,
+                                                               "start_at_defaults": tune_start_at_defaults}
                           if tune else None, jobs=jobs,
                           ddp=ddp)
     _print(res.markdown)
@@ -296,6 +299,8 @@ def tune(
     no_prune: bool = typer.Option(False, "--no-prune", help="never stop a trial early"),
     prune_warmup: int = typer.Option(2, "--prune-warmup", min=0, help="epochs of a trial never pruned (raise it for "
                                      "models whose validation curve starts slowly)"),
+    start_at_defaults: bool = typer.Option(False, "--start-at-defaults", help="the first trial is the run's own "
+                                           "settings (model defaults, --config, --set) inside the space"),
     status: Optional[Path] = typer.Option(None, "--status", help="print the progress of the study in this folder"),
     worker: Optional[Path] = typer.Option(None, "--worker", help="run trials of the study in this folder (internal)"),
     worker_id: int = typer.Option(0, "--worker-id", help="(with --worker)"),

@@ -65,7 +65,8 @@ def run_tune_command(a: dict[str, Any], echo: Callable[[str], None], *, progress
                      sampler=sampler, seeds=_seeds(a["seeds"]), final_seeds=_seeds(a["final_seeds"]),
                      config_files=a["config"], overrides=overrides, epochs=a["epochs"], select=a["select"],
                      storage=a["storage"], study_name=a["study_name"], workers=a["workers"],
-                     prune=not a["no_prune"], prune_warmup=a["prune_warmup"], progress=progress,
+                     prune=not a["no_prune"], prune_warmup=a["prune_warmup"],
+                     start_at_defaults=a["start_at_defaults"], progress=progress,
                      on_trial=lambda n, params, value, state: log.info("trial %d %s: %s %s", n, state,
                                                                        json.dumps(params), value))
     echo(res.markdown)
