@@ -44,7 +44,7 @@ def main() -> None:
     runs = pd.read_csv(args.folder / "runs.csv")
     rows, totals = [], {"epochs": 0, "saved": 0.0}
     for entry, sub in runs.groupby("entry", sort=False):
-        tune = args.folder / str(entry) / "tune"
+        tune = Path(str(sub["run_dir"].iloc[0])).parent / "tune"  # the entry's folder (brackets become _)
         if not (tune / "study.json").is_file():
             continue
         spec, study = _study(tune)
