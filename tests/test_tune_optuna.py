@@ -288,3 +288,16 @@ def test_a_study_saved_before_a_new_setting_existed_still_resumes(mmrec_folder, 
     (out / "study.json").write_text(json.dumps(spec))
     res = tune_study("lightgcn", str(folder), out, space={"reg_type": None}, trials=2, final_seeds=(), prune=False)
     assert len(res.trials) == 2
+
+
+def test_a_resumed_study_does_not_draw_its_earlier_settings_again(mmrec_folder, tmp_path, monkeypatch):
+    """TPE's random start-up draws come from a seeded stream; a resumed study must not restart it (it would
+    spend its budget on settings it has already tried)."""
+    folder, _ = mmrec_folder
+    monkeypatch.setattr(study_module, "train_run", make_fake())
+    space = {"reg_type": None, "learning_rate": FloatRange(1e-4, 1e-2, True)}
+    out = tmp_path / "r"
+    tune_study("lightgcn", str(folder), out, space=space, trials=2, final_seeds=(), prune=False)
+    res = tune_study("lightgcn", str(folder), out, space=space, trials=4, final_seeds=(), prune=False)
+    lrs = res.trials["param_train.learning_rate"].round(12).tolist()
+    assert len(lrs) == 4 and len(set(lrs)) == 4, lrs

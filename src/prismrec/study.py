@@ -149,19 +149,30 @@ def make_storage(storage: str):
 
 
 def open_study(spec: StudySpec, worker_id: int = 0):
+    """The study in its storage (created on first use), with this worker's sampler and the pruner.
+
+    The sampler's seed is ``sampler_seed + worker_id`` for a study that has no trial yet. A study opened again
+    (resumed, or a worker joining late) continues from a different stream, ``+ 7919 x trials so far``: the
+    same seed would restart TPE's random start-up draws and spend the budget on settings already tried.
+    """
     optuna = require_optuna()
-    if spec.sampler == "grid":
-        sampler = optuna.samplers.GridSampler(grid_values(spec.space), seed=spec.sampler_seed + worker_id)
-    elif spec.sampler == "tpe":
-        # a different seed per worker, so that workers do not draw the same start-up settings
-        sampler = optuna.samplers.TPESampler(seed=spec.sampler_seed + worker_id, constant_liar=True,
-                                             n_startup_trials=TPE_STARTUP)
-    else:
+
+    def sampler_for(seed: int):
+        if spec.sampler == "grid":
+            return optuna.samplers.GridSampler(grid_values(spec.space), seed=seed)
+        if spec.sampler == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=TPE_STARTUP)
         raise ConfigError(f"unknown sampler {spec.sampler!r}; use tpe or grid.")
+
+    seed = spec.sampler_seed + worker_id  # a different seed per worker: workers do not draw the same settings
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=spec.prune_startup, n_warmup_steps=spec.prune_warmup)
               if spec.prune else optuna.pruners.NopPruner())
-    return optuna.create_study(study_name=spec.study_name, storage=make_storage(spec.storage), sampler=sampler,
-                               pruner=pruner, direction="maximize", load_if_exists=True)
+    study = optuna.create_study(study_name=spec.study_name, storage=make_storage(spec.storage),
+                                sampler=sampler_for(seed), pruner=pruner, direction="maximize", load_if_exists=True)
+    so_far = len(study.get_trials(deepcopy=False))
+    if so_far:
+        study.sampler = sampler_for(seed + 7919 * so_far)
+    return study
 
 
 # ------------------------------------------------------------------------------------------- workers
