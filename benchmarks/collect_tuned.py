@@ -2,7 +2,7 @@
 
 For each entry of a compare folder (``OUT/<entry>/tune`` holds its study, ``runs.csv`` its seed runs): the
 trials (complete / pruned / failed), the epochs trained in the search, the search's wall time (the sum of
-its trials' durations, from the study's storage), the seed runs' training time, the selected setting with
+its complete and pruned trials' durations, from the study's storage), the seed runs' training time, the selected setting with
 its validation score, and the seeds' test mean ± std. Markdown on stdout.
 
 Pruning's saving is an estimate: a pruned trial is counted as if it would have run as many epochs as the
@@ -50,8 +50,10 @@ def main() -> None:
         spec, study = _study(tune)
         trials = [t for t in study.trials if not t.user_attrs.get("over_budget")]
         states = pd.Series([t.state.name.lower() for t in trials]).value_counts()
+        # a failed trial is a killed run: its span runs to when a later start noticed it (not compute), and
+        # its retry resumes the run from its checkpoint, so only complete and pruned trials are summed
         search_s = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials
-                       if t.datetime_complete and t.datetime_start)
+                       if t.datetime_complete and t.datetime_start and t.state.name in ("COMPLETE", "PRUNED"))
         tried = pd.read_csv(tune / "trials.csv")
         epochs = int(tried["epochs_run"].fillna(0).sum())
         done = tried.loc[tried["state"] == "complete", "epochs_run"]
