@@ -7,7 +7,7 @@
 # and finished seed runs are reused.
 # Usage: PRISMREC_DATA=../shared/data bash benchmarks/tuned_topk_table.sh [dataset ...]
 #   TRIALS=30 (per model), WORKERS=1 (local processes per study), MODELS="lightgcn bpr ...", EPOCHS=400,
-#   JOBS=1 (seed runs trained at once; one per core)
+#   JOBS=1 (seed runs trained at once; one per core), PRUNE_WARMUP=2 (epochs of a trial never pruned)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=${PRISMREC:-.venv/bin/prismrec}
@@ -20,12 +20,14 @@ for m in $MODELS; do ENTRIES+=(--model "$m"); done
 for d in $DATASETS; do
   echo "== $d: ${MODELS} x ${TRIALS} trials each"
   $P -q compare "${ENTRIES[@]}" --data "$d" --out "$OUT/$d" --seeds 0,1,2 --tune "$TRIALS" \
-     --tune-workers "${WORKERS:-1}" --jobs "${JOBS:-1}" --set "train.epochs=${EPOCHS:-400}" --set "train.threads=${THREADS:-1}"
+     --tune-workers "${WORKERS:-1}" --tune-prune-warmup "${PRUNE_WARMUP:-2}" --jobs "${JOBS:-1}" \
+     --set "train.epochs=${EPOCHS:-400}" --set "train.threads=${THREADS:-1}"
   cp "$OUT/$d/results.md" "$OUT/$d/results_vs_first.md"
   # paired tests against FREEDOM as well: the same runs, FREEDOM listed first (nothing is retrained)
   if [[ " $MODELS " == *" freedom "* ]]; then
     $P -q compare --model freedom $(for m in $MODELS; do [[ $m != freedom ]] && echo --model $m; done) \
-       --data "$d" --out "$OUT/$d" --seeds 0,1,2 --tune "$TRIALS" --tune-workers "${WORKERS:-1}" --jobs "${JOBS:-1}" \
+       --data "$d" --out "$OUT/$d" --seeds 0,1,2 --tune "$TRIALS" --tune-workers "${WORKERS:-1}" \
+       --tune-prune-warmup "${PRUNE_WARMUP:-2}" --jobs "${JOBS:-1}" \
        --set "train.epochs=${EPOCHS:-400}" --set "train.threads=${THREADS:-1}" > /dev/null
     cp "$OUT/$d/results.md" "$OUT/$d/results_vs_freedom.md"
     cp "$OUT/$d/results_vs_first.md" "$OUT/$d/results.md"
