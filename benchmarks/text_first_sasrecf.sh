@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 P=${PRISMREC:-.venv/bin/prismrec}
 OUT=${OUT:-bench_out/seq16/scientific_text}
 MOE="sasrecf[feature_encoder=moe;scoring=cosine;use_ids=false]"
-C=(--data scientific --out "$OUT" --seeds 0,1,2 --tune "${TRIALS:-4}" --jobs 1 --epochs "${EPOCHS:-100}"
+C=(--data scientific --out "$OUT" --seeds 0,1,2 --tune "${TRIALS:-4}" --tune-prune-warmup "${PRUNE_WARMUP:-2}" --jobs 1 --epochs "${EPOCHS:-100}"
    --set "data.modalities=[text]" --set train.mask_history=false --set train.patience=10
    --set "train.threads=${THREADS:-1}" --metrics recall@10,ndcg@10,recall@50,ndcg@50,mrr@10)
 $P -q compare --model "$MOE" "${C[@]}" > /dev/null

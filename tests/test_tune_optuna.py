@@ -301,3 +301,13 @@ def test_a_resumed_study_does_not_draw_its_earlier_settings_again(mmrec_folder, 
     res = tune_study("lightgcn", str(folder), out, space=space, trials=4, final_seeds=(), prune=False)
     lrs = res.trials["param_train.learning_rate"].round(12).tolist()
     assert len(lrs) == 4 and len(set(lrs)) == 4, lrs
+
+
+def test_the_pruning_warmup_defaults_to_the_patience_and_a_resume_keeps_its_own(mmrec_folder, tmp_path, monkeypatch):
+    folder, _ = mmrec_folder
+    monkeypatch.setattr(study_module, "train_run", make_fake())
+    kw = dict(space={"reg_type": None}, final_seeds=(), overrides=["train.patience=7"])
+    res = tune_study("lightgcn", str(folder), tmp_path / "w", trials=1, **kw)
+    assert res.spec.prune_warmup == 7 and "median pruning after 7 epochs" in (tmp_path / "w" / "tune.md").read_text()
+    tune_study("lightgcn", str(folder), tmp_path / "k", trials=1, prune_warmup=2, **kw)
+    assert tune_study("lightgcn", str(folder), tmp_path / "k", trials=2, **kw).spec.prune_warmup == 2

@@ -383,7 +383,7 @@ def tune_study(model: str, data: str | Path, out: str | Path, *, space: Mapping[
                seeds: Sequence[int] = (0,), final_seeds: Sequence[int] = (0, 1, 2),
                config_files: Sequence[str | Path] = (), overrides: Any = (), epochs: int | None = None,
                select: str | None = None, storage: str | None = None, study_name: str | None = None,
-               workers: int = 1, prune: bool = True, prune_warmup: int = 2, prune_startup: int = 3,
+               workers: int = 1, prune: bool = True, prune_warmup: int | None = None, prune_startup: int = 3,
                sampler_seed: int = 0, start_at_defaults: bool = False, progress: bool = False,
                on_trial: Callable[[int, dict[str, Any], float | None, str], None] | None = None,
                on_run: Callable[[str, int, dict[str, Any]], None] | None = None) -> StudyResult:
@@ -409,6 +409,12 @@ def tune_study(model: str, data: str | Path, out: str | Path, *, space: Mapping[
     full = applicable_space(name, full, cfg.params)  # keys the run's settings make inert leave the space
     if not full:
         raise ConfigError(f"model '{name}' has nothing to tune (empty search space).")
+    if prune_warmup is None and (out / STUDY_FILE).is_file():  # a resumed study keeps the warm-up it began with
+        prune_warmup = int(read_json(out / STUDY_FILE).get("prune_warmup", 2))
+    if prune_warmup is None:
+        # a trial is never pruned before it could have been early-stopped: a warm-up of 2 epochs pruned every
+        # slow-starting (low learning-rate) setting of BPR on baby, docs/benchmarks.md §1.7
+        prune_warmup = cfg.train.patience * cfg.train.eval_every
     select = (select or cfg.train.valid_metric).lower()
     ov = merge_overrides(ov, {"train.valid_metric": select})  # early stopping, pruning and selection agree
     spec = StudySpec(model=name, data=str(data),

@@ -238,7 +238,8 @@ def compare(
     tune: int = typer.Option(0, "--tune", min=0, help="TRIALS: tune every model with the same number of TPE trials "
                              "on validation (its declared search space) before its seeds"),
     tune_workers: int = typer.Option(1, "--tune-workers", min=1, help="local worker processes of each search"),
-    tune_prune_warmup: int = typer.Option(2, "--tune-prune-warmup", min=0, help="epochs of a trial never pruned"),
+    tune_prune_warmup: Optional[int] = typer.Option(None, "--tune-prune-warmup", min=0, help="epochs of a trial never "
+                                                    "pruned (default: the patience, train.patience x eval_every)"),
     tune_start_at_defaults: bool = typer.Option(False, "--tune-start-at-defaults", help="each search's first trial "
                                                 "is that model's own settings (its defaults, --set)"),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="runs trained at once, each with cores/N "
@@ -297,8 +298,8 @@ def tune(
     study_name: Optional[str] = typer.Option(None, "--study-name", help="default: the model name"),
     workers: int = typer.Option(1, "--workers", min=1, help="local worker processes sharing the study"),
     no_prune: bool = typer.Option(False, "--no-prune", help="never stop a trial early"),
-    prune_warmup: int = typer.Option(2, "--prune-warmup", min=0, help="epochs of a trial never pruned (raise it for "
-                                     "models whose validation curve starts slowly)"),
+    prune_warmup: Optional[int] = typer.Option(None, "--prune-warmup", min=0, help="epochs of a trial never pruned "
+                                               "(default: the patience, train.patience x eval_every)"),
     start_at_defaults: bool = typer.Option(False, "--start-at-defaults", help="the first trial is the run's own "
                                            "settings (model defaults, --config, --set) inside the space"),
     status: Optional[Path] = typer.Option(None, "--status", help="print the progress of the study in this folder"),
