@@ -112,7 +112,7 @@ class StudySpec:
 
 
 def tpe_startup_note(trials: int | None) -> str:
-    """`` (all random: ...)`` when the budget does not pass TPE's random start-up trials, else ``""``."""
+    """The protocol line's note when the whole budget is TPE's random start-up trials, else ``""``."""
     if trials and trials <= TPE_STARTUP:
         return f" (all {trials} are TPE's seeded random start-up draws: its model is used from trial {TPE_STARTUP + 1})"
     return ""
