@@ -410,7 +410,7 @@ def tune_study(model: str, data: str | Path, out: str | Path, *, space: Mapping[
     if not full:
         raise ConfigError(f"model '{name}' has nothing to tune (empty search space).")
     if prune_warmup is None and (out / STUDY_FILE).is_file():  # a resumed study keeps the warm-up it began with
-        prune_warmup = int(read_json(out / STUDY_FILE).get("prune_warmup", 2))
+        prune_warmup = load_spec(out).prune_warmup
     if prune_warmup is None:
         # a trial is never pruned before it could have been early-stopped: a warm-up of 2 epochs pruned every
         # slow-starting (low learning-rate) setting of BPR on baby, docs/benchmarks.md §1.7

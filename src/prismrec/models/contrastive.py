@@ -39,7 +39,7 @@ class _MatmulLogSumExp(torch.autograd.Function):
     ``n x N`` matrix fits in ``keep_bytes`` the exponentiated tiles are kept from the forward pass
     (no second product, no second ``exp``); above, each tile is recomputed, so memory is one tile.
     Against autograd through ``torch.logsumexp`` this drops the allocated temporaries and one or two of
-    the five passes over each tile (measured in docs/benchmarks.md §7.1).
+    the five passes over each tile (measured in docs/benchmarks.md §7.8).
     """
 
     @staticmethod
