@@ -144,3 +144,30 @@ def test_kmeans_and_membership():
     pi = membership(a, np.arange(30) + 2, 32).toarray()         # items 0 and 1 have no feature
     assert pi.shape == (3, 32) and np.allclose(pi.sum(1), 1) and np.all(pi[:, :2] == 0)
     assert np.all((pi > 0).sum(0)[2:] == 1)                      # the last item is a member too
+
+
+def test_uniform_dropout_has_bernoullis_distribution_and_is_identity_in_eval():
+    from prismrec.models.layers import UniformDropout
+
+    torch.manual_seed(0)
+    drop = UniformDropout(0.3)
+    x = torch.ones(200_000, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005          # each element kept with 1 - p
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    assert abs(y.mean().item() - 1.0) < 0.01                        # unbiased, as nn.Dropout
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())                          # gradient = the same mask and scale
+    drop.eval()
+    assert torch.equal(drop(x), x)
+    assert torch.equal(UniformDropout(0.0)(x), x)
+
+
+def test_mdsrec_dropout_masks_option_selects_the_mask_generator():
+    from prismrec.models.layers import UniformDropout
+
+    for masks, kind in (("uniform", UniformDropout), ("bernoulli", torch.nn.Dropout)):
+        model = fit("mdsrec", cyclic_dataset(), [*FAST, f"mdsrec.dropout_masks={masks}"], 0).model
+        drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert drops and all(type(m) is kind for m in drops)
