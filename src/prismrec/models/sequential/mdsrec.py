@@ -224,7 +224,8 @@ class Block(nn.Module):
     Sequence: ``Q = LN1(X); X <- FFN(LN2(Q + MHA(Q, X, X)))`` then the padding is zeroed, with
     ``FFN(y) = y + Drop(W2 ReLU(Drop(W1 y)))``. Centres (ICA, Eq. 9) reuse the same weights on the
     block's input sequence: ``Q_c = LN1(C); C <- FFN(Q_c + MHA(Q_c, X, X))`` (no LN2, as in the code).
-    ``blocked`` masks are boolean ``(B, queries, keys)``, True = not attended.
+    ``mask`` is additive, ``(B x heads, queries, keys)``, ``-inf`` = not attended: :meth:`MDSRec._masks` builds it
+    once per forward pass (what ``nn.MultiheadAttention`` would make of a boolean mask in every call).
     """
 
     def __init__(self, dim: int, n_heads: int, dropout: float, drop: type[nn.Dropout] = nn.Dropout):
@@ -236,17 +237,16 @@ class Block(nn.Module):
                                 drop(dropout))
         self.n_heads = n_heads
 
-    def attend(self, queries: torch.Tensor, x: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+    def attend(self, queries: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         q = self.ln1(queries)
-        out = self.attn(q, x, x, attn_mask=blocked.repeat_interleave(self.n_heads, 0), need_weights=False)[0]
-        return q + out
+        return q + self.attn(q, x, x, attn_mask=mask, need_weights=False)[0]
 
-    def sequence(self, x: torch.Tensor, blocked: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        y = self.ln2(self.attend(x, x, blocked))
+    def sequence(self, x: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        y = self.ln2(self.attend(x, x, mask))
         return (y + self.ff(y)) * keep
 
-    def centres(self, c: torch.Tensor, x: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
-        y = self.attend(c, x, blocked)
+    def centres(self, c: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        y = self.attend(c, x, mask)
         return y + self.ff(y)
 
 
@@ -402,9 +402,10 @@ class MDSRec(SequentialRecommender):
             scale[ID] = self.dim ** self.config.id_input_exponent
         return {b: scale[b] * t[b][idx] * keep for b in self.branches}
 
-    def _masks(self, seqs: torch.Tensor, n_centres: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Blocked-attention masks: sequence ``(B, L, L)`` (causal + padded keys; a position always sees
-        itself, so no row is empty) and centres ``(B, K, L)`` (``center_mask``)."""
+    def _masks(self, seqs: torch.Tensor, n_centres: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Additive attention masks, one row block per head (``-inf`` = not attended): sequence
+        ``(B x heads, L, L)`` (causal + padded keys; a position always sees itself, so no row is empty) and
+        centres ``(B x heads, K, L)`` (``center_mask``)."""
         B, L = seqs.shape
         pad = seqs == PAD
         eye = torch.eye(L, dtype=torch.bool, device=seqs.device)
@@ -416,7 +417,12 @@ class MDSRec(SequentialRecommender):
             cen_blocked |= rel[:, None, :] > torch.arange(n_centres, device=seqs.device)[None, :, None]
         empty = cen_blocked.all(-1)
         cen_blocked[..., -1] &= ~empty                                       # an empty session: its last slot
-        return seq_blocked, cen_blocked
+        heads = self.config.n_heads
+
+        def additive(blocked: torch.Tensor) -> torch.Tensor:
+            mask = torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill_(blocked, float("-inf"))
+            return mask.repeat_interleave(heads, 0)
+        return additive(seq_blocked), additive(cen_blocked)
 
     def _branch_outputs(self, parts: dict[str, torch.Tensor], seqs: torch.Tensor,
                         tables: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -425,18 +431,23 @@ class MDSRec(SequentialRecommender):
         keep = (seqs != PAD).unsqueeze(-1).to(parts[self.branches[0]].dtype)
         pos = self.position.weight[-L:][None]
         fused, per_mod = 0.0, {}
-        seq_blocked = None
+        masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}                # by number of centres
+
+        def masks_for(n_centres: int) -> tuple[torch.Tensor, torch.Tensor]:
+            if n_centres not in masks:
+                masks[n_centres] = self._masks(seqs, n_centres, keep.dtype)
+            return masks[n_centres]
         for i, b in enumerate(self.branches):
             stack = self.stacks[0 if len(self.stacks) == 1 else i]
             x = self.dropout(parts[b] + pos) * keep                          # Eq. 6
             if b == ID:
-                seq_blocked = seq_blocked if seq_blocked is not None else self._masks(seqs, 1)[0]
+                seq_blocked = masks_for(1)[0]
                 for block in stack:
                     x = block.sequence(x, seq_blocked, keep)
                 fused = fused + self.config.id_weight * x
                 continue
             z = tables[f"centres:{b}"]
-            seq_blocked, cen_blocked = self._masks(seqs, len(z))
+            seq_blocked, cen_blocked = masks_for(len(z))
             c = self.dropout((self.dim ** 0.5 * z).expand(B, -1, -1))       # Eq. 6, centres
             logits = x @ c.transpose(1, 2)                                    # Eq. 7 (layer-0 inputs)
             if self.training and self.config.assign == "gumbel":
