@@ -274,7 +274,9 @@ class MDSRec(SequentialRecommender):
         miu_c: float = Field(0.3, ge=0, description="co-occurrence candidate pool = int(knn_k * miu_c)")
         cooc_window: int | None = Field(
             None, ge=1, description="count co-occurring pairs at most this far apart; None = max_len")
-        n_centers: int = Field(50, ge=1, description="k-means interest centres per modality (K)")
+        n_centers: int = Field(
+            10, ge=1, description="k-means interest centres per modality (K); the SGP4SR code: 50, 3x the cost "
+                                  "at the same quality (docs/models/mdsrec.md)")
         kmeans_backend: Literal["torch", "faiss"] = Field("torch", description="k-means implementation")
         kmeans_seed: int = Field(100, description="k-means seed (fixed, independent of the run seed)")
         image_weight: float = Field(
