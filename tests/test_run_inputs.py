@@ -87,3 +87,35 @@ def test_leftover_temp_files_are_removed_when_a_run_starts_again(folders, tmp_pa
     junk.write_bytes(np.zeros(10).tobytes())
     train_run("bpr", str(a), run, overrides=FAST, epochs=1, resume=True)
     assert not junk.exists()
+
+
+def test_an_archived_comparison_is_reused_without_its_weights(folders, tmp_path):
+    """benchmarks/archive_runs.py keeps what a later session needs (studies, metrics, per-user results):
+    copied back, the same `compare --tune` trains nothing and gives the same table; the paired test reads it."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    from prismrec.runs import PER_USER_FILE, load_per_user
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "archive_runs.py"
+    spec = importlib.util.spec_from_file_location("archive_runs", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    a, _ = folders
+    out = tmp_path / "cmp"
+    kw = dict(seeds=[0, 1], overrides=FAST, epochs=2, tune_trials=2)
+    first = compare(["bpr", "lightgcn"], str(a), out, **kw)
+    n_files, _ = mod.archive(out, tmp_path / "kept")
+    kept = tmp_path / "kept"
+    assert n_files > 0 and not list(kept.rglob("*.pt")) and not list(kept.rglob("split.npz"))
+    restored = tmp_path / "restored"
+    shutil.copytree(kept, restored, symlinks=True)
+    again = compare(["bpr", "lightgcn"], str(a), restored, **kw)
+    assert not list(restored.rglob("*.pt"))  # nothing was trained again
+    assert again.summary.equals(first.summary)
+    for seed in (0, 1):
+        z0 = load_per_user(out / "lightgcn" / f"seed-{seed}")
+        z1 = load_per_user(restored / "lightgcn" / f"seed-{seed}")
+        assert (restored / "lightgcn" / f"seed-{seed}" / PER_USER_FILE).is_file()
+        assert all(np.array_equal(z0[k], z1[k]) for k in z0)
