@@ -166,6 +166,20 @@ def test_interrupted_pretraining_resumes_to_the_same_weights(pretrained_dir):
         pretrain(*args, root / "never", epochs=1, resume=True, **kw)
 
 
+def test_pretraining_stops_when_the_loss_stops_falling(pretrained_dir, tmp_path):
+    root, _, meta = pretrained_dir
+    small = ["max_len=8", "embedding_size=16", "n_experts=2", "train.batch_size=32", "train.threads=1"]
+    args = ([str(root / "srca"), str(root / "srcb")],)
+    # no fall of the loss counts as progress: the first epoch is kept and the second ends the run
+    flat = pretrain(*args, tmp_path / "flat", epochs=10,
+                    overrides=[*small, "pretrain_patience=1", "pretrain_min_delta=1000"])
+    assert flat["epochs_run"] == 2 and flat["converged"] and flat["best_epoch"] == 1
+    # the same run with the rule off runs to the cap and says it did not converge
+    assert meta["epochs_run"] == 2 and not meta["converged"]
+    losses = [h["loss"] for h in flat["history"]]
+    assert losses == pytest.approx([h["loss"] for h in meta["history"]], rel=1e-5)
+
+
 def test_pretrain_full_softmax_and_mismatch_refused(tmp_path):
     a = _save(_domain("one", 1), tmp_path)
     b = _save(_domain("two", 2, dim=20, encoder="other-text"), tmp_path)

@@ -15,7 +15,9 @@ domains (``pretrain_loss: inbatch``, ANT's choice) or against every item of the 
 Training is :class:`~prismrec.utils.loop.EpochLoop`, the loop of every run: per-epoch seeds, Adam with
 the ``train`` section's learning rate, weight decay, ``grad_clip`` and ``lr_scheduler``, an atomic
 checkpoint after every epoch. It keeps the weights of the epoch with the lowest mean training loss
-(ANT's checkpoint monitor) and never stops early. In ``DIR``:
+(ANT's checkpoint monitor); it runs every epoch (ANT) unless ``pretrain_patience`` is set, then it stops
+once the loss has not fallen by more than ``pretrain_min_delta`` for that many epochs (``converged`` in
+``pretrain.json``). In ``DIR``:
 
 * ``model.pt``: the kept weights (state dict); ``pretrain.json``: settings, each modality's provenance,
   sources, per-epoch history and seconds. Both complete a pre-training (:func:`~prismrec.models.transfer.ant.read_pretrained`).
@@ -175,7 +177,8 @@ def pretrain_ant(domains: Sequence[tuple[str, Dataset, Split]], params: Any, tra
     log.info("pre-training ANT on %s: %d items, %d training interactions, %d windows, modalities %s",
              ", ".join(names), int(offsets[-1]), len(all_items), len(sampler), ", ".join(wanted))
     # the reference (non-fused) Adam: pre-trained weights stay those of earlier releases bit for bit
-    result = EpochLoop(net, sampler, train, seed, lowest_training_loss(), run_dir=out, checkpoint=PRETRAIN_CHECKPOINT,
+    selection = lowest_training_loss(params.pretrain_patience, params.pretrain_min_delta)
+    result = EpochLoop(net, sampler, train, seed, selection, run_dir=out, checkpoint=PRETRAIN_CHECKPOINT,
                        best=PRETRAIN_WEIGHTS, device=dev, progress=progress, fused_adam=False,
                        label="pretrain epoch", title="pre-training ANT").fit(resume)
     save_torch(out / PRETRAIN_WEIGHTS, {k: v.cpu() for k, v in net.state_dict().items()})
@@ -192,6 +195,8 @@ def pretrain_ant(domains: Sequence[tuple[str, Dataset, Split]], params: Any, tra
                     for n, (src, ds, sp) in zip(names, domains)],
         "seed": seed,
         "epochs_run": len(history),
+        # converged: stopped by the loss plateau rule (pretrain_patience), not by the epoch cap
+        "converged": bool(result.stopped_early),
         "best_epoch": result.best_epoch,
         "best_loss": result.best_score,
         "train_seconds": round(result.train_seconds, 3),

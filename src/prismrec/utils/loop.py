@@ -104,9 +104,11 @@ class Selection:
         return score > best + self.min_delta if self.higher_is_better else score < best - self.min_delta
 
 
-def lowest_training_loss() -> Selection:
-    """Keep the epoch with the lowest mean training loss; never stop early."""
-    return Selection("loss", lambda row: (row["loss"], {}), higher_is_better=False)
+def lowest_training_loss(patience: int | None = None, min_delta: float = 0.0) -> Selection:
+    """Keep the epoch with the lowest mean training loss; stop once it has not fallen by more than
+    ``min_delta`` for ``patience`` epochs (None: never stop early)."""
+    return Selection("loss", lambda row: (row["loss"], {}), higher_is_better=False, patience=patience,
+                     min_delta=min_delta)
 
 
 def adam(params: list[nn.Parameter], cfg: TrainConfig, *, fused: bool = True):

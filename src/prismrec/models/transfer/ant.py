@@ -200,6 +200,10 @@ class ANT(SequentialRecommender):
             "inbatch", description="pre-training softmax: in-batch targets of all domains (ANT) or all items of the domain")
         feature_encoders: dict[str, str] = Field(
             default_factory=dict, description="declared encoder per modality for data whose provenance records none")
+        pretrain_patience: int | None = Field(
+            None, ge=1, description="pre-training stops once the mean training loss has not fallen by more than "
+                                    "pretrain_min_delta for this many epochs (None: run every epoch, ANT's rule)")
+        pretrain_min_delta: float = Field(0.0, ge=0, description="the fall of the training loss that counts as progress")
         pretrained: str | None = Field(None, description="directory written by prismrec pretrain")
         strategy: Literal["scratch", "finetune", "adaptor", "relearn"] = Field(
             "scratch", description="how the pre-trained model is adapted")
