@@ -1,7 +1,7 @@
 """Collect the transfer benchmark (benchmarks/transfer.sh) into Markdown tables.
 
 Usage: python benchmarks/collect_transfer.py bench_out/transfer [--metrics recall@10,recall@50,ndcg@10,ndcg@50]
-Prints: pre-training seconds per epoch; per setting x strategy the test metrics (mean ± std over seeds),
+Prints: pre-training epochs, convergence and seconds per epoch (loss curves in ROOT/pretrain_loss.png); per setting x strategy the test metrics (mean ± std over seeds),
 seconds per adaptation epoch, epochs run and best epoch; then the negative-transfer report of each setting
 (each strategy vs scratch, the toolkit's paired rule over seeds: docs/evaluation.md).
 """
@@ -26,14 +26,30 @@ def main() -> None:
     ap.add_argument("--metrics", default="recall@10,recall@50,ndcg@10,ndcg@50")
     a = ap.parse_args()
     metrics = a.metrics.split(",")
-    pre = Table(["checkpoint", "sources", "modalities", "epochs", "s/epoch", "final loss", "params"],
-                caption="\n### Pre-training")
-    for p in sorted(a.root.glob("pre_*/pretrain.json")):
+    pre = Table(["checkpoint", "sources", "modalities", "epochs", "converged", "best epoch", "s/epoch",
+                 "first loss", "best loss", "params"], caption="\n### Pre-training")
+    curves = {}
+    for p in sorted(a.root.glob("*/pretrain.json")):
         m = json.loads(p.read_text())
         mods = ", ".join(f"{k} ({v['encoder']}, {v['dim']}-d)" for k, v in m["modalities"].items())
+        losses = [h["loss"] for h in m["history"]]
+        curves[p.parent.name] = losses
         pre.add(p.parent.name, ", ".join(s["name"] for s in m["sources"]), mods, m["epochs_run"],
-                num(m["epoch_seconds"], 1), num(m["history"][-1]["loss"]), count(m["n_params"]))
+                "yes" if m.get("converged") else "no (epoch cap)", m.get("best_epoch", ""),
+                num(m["epoch_seconds"], 1), num(losses[0]), num(min(losses)), count(m["n_params"]))
     print(pre.markdown())
+    if curves:  # the pre-training loss curves, one line per checkpoint
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for name, losses in curves.items():
+            ax.plot(range(1, len(losses) + 1), losses, label=name)
+        ax.set(xlabel="pre-training epoch", ylabel="mean training loss", title="ANT pre-training")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(a.root / "pretrain_loss.png", dpi=120)
+        print(f"\nloss curves: {a.root / 'pretrain_loss.png'}")
     for setting in sorted(p for p in (a.root / "runs").glob("*") if p.is_dir()):
         table = Table(["strategy", "seeds", *metrics, "s/epoch", "epochs run", "best epoch", "trainable params"],
                       caption=f"\n### {setting.name}")

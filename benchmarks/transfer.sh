@@ -8,6 +8,14 @@
 #      against each source alone (the second source is derived by benchmarks/make_disjoint_domain.py:
 #      4,857 users, 2,797 items, no item of the target). Strategies STRATS_C (default finetune relearn) and
 #      scratch, which does not depend on the source and is run once and shared by the three settings.
+#   D. converged pre-training, uncapped adaptation (two Amazon text domains and movies, no item shared):
+#      {Amazon Office, MovieLens-100K} -> Amazon Scientific and {Amazon Scientific, MovieLens-100K} -> Amazon
+#      Office. Pre-training stops when the training loss has not fallen by PRE_MIN_DELTA for PRE_PATIENCE
+#      epochs (at most PRE_EPOCHS_D; pretrain.json keeps the loss curve and says whether it converged);
+#      adaptation runs up to EPOCHS_D epochs with patience PATIENCE_D, so the cap does not bind (the best
+#      epochs are reported beside it). Office ships raw text only: its MiniLM features are extracted here
+#      (prismrec features) into OUT/data/office. MovieLens-100K stands for MovieLens: one ml-1m pre-training
+#      epoch costs ~115 s on this CPU (one thread, shared cores), ~10x an epoch of {office or scientific, ml-100k}.
 # plus the modality ablation on target A (text only vs text + image; the image adaptor is new at adaptation,
 # since the movie source has no images).
 #
@@ -36,7 +44,7 @@ STRATS=${STRATS:-"scratch finetune adaptor relearn"}
 STRATS_MM=${STRATS_MM-"scratch relearn"}   # strategies of the text + image ablation
 mkdir -p "$OUT"
 
-PART=${PART:-all}             # A, B, C or all (they can run in parallel, in separate shells)
+PART=${PART:-all}             # A, B, C, D or all (all: A-C) (they can run in parallel, in separate shells)
 
 # ---- pre-training (resumed when killed, skipped when already done)
 pre() {  # pre OUT_NAME SOURCE [SOURCE ...]
@@ -46,8 +54,8 @@ pre() {  # pre OUT_NAME SOURCE [SOURCE ...]
   [ -f "$OUT/$name/pretrain.json" ] || $PR pretrain "${d[@]}" --out "$OUT/$name" --epochs "$PRE_EPOCHS" \
       "${ENC[@]}" "${COMMON[@]}" --set ant.modalities=[text] "${r[@]}"
 }
-[[ $PART == B || $PART == C ]] || pre pre_movies "$DATA/movielens/ml-1m"
-[[ $PART == A || $PART == C ]] || pre pre_scientific "$DATA/scientific"
+[[ $PART == A || $PART == all ]] && pre pre_movies "$DATA/movielens/ml-1m"
+[[ $PART == B || $PART == all ]] && pre pre_scientific "$DATA/scientific"
 REST=$OUT/data/scientific_rest
 if [[ $PART == C || $PART == all ]]; then
   [ -d "$REST" ] || ${PY:-python} benchmarks/make_disjoint_domain.py "$DATA/scientific" "$DATA/scientific_mm" "$REST"
@@ -92,6 +100,29 @@ if [[ $PART == C || $PART == all ]]; then
       for s in ${STRATS_C:-finetune relearn}; do run_one "pre_c_$pre" "$DATA/scientific_mm" "c_${pre}_to_scientific_mm" "$s" "$seed"; done
       rd="$OUT/runs/c_${pre}_to_scientific_mm/scratch/seed-$seed"      # the shared scratch run
       [ "$pre" = multi ] || [ -e "$rd" ] || { mkdir -p "$(dirname "$rd")" && cp -r "$OUT/runs/c_multi_to_scientific_mm/scratch/seed-$seed" "$rd"; }
+    done
+  done
+fi
+
+# ---- D: converged pre-training, uncapped adaptation: {office, ml-100k} -> scientific, {scientific, ml-100k} -> office
+if [[ $PART == D ]]; then
+  OFFICE=$OUT/data/office
+  if [ ! -f "$OFFICE/text_feat.npy" ]; then
+    mkdir -p "$OFFICE"
+    for f in "$DATA"/office/*; do [ -e "$OFFICE/$(basename "$f")" ] || ln -s "$(realpath "$f")" "$OFFICE/"; done
+    HF_HUB_OFFLINE=1 $PR -q features --modality text --data "$OFFICE" --out "$OFFICE/"
+  fi
+  CONV=(--set ant.pretrain_patience="${PRE_PATIENCE:-10}" --set ant.pretrain_min_delta="${PRE_MIN_DELTA:-0.005}")
+  for pair in "d_office_ml100k:$OFFICE" "d_sci_ml100k:$DATA/scientific"; do
+    name=${pair%%:*}; src=${pair#*:}
+    r=(); [ -f "$OUT/$name/pretrain_request.json" ] && r=(--resume)
+    [ -f "$OUT/$name/pretrain.json" ] || $PR pretrain --data "$src" --data "$DATA/movielens/ml-100k" --out "$OUT/$name" \
+        --epochs "${PRE_EPOCHS_D:-300}" "${ENC[@]}" "${COMMON[@]}" --set ant.modalities=[text] "${CONV[@]}" "${r[@]}"
+  done
+  for seed in $SEEDS; do
+    for s in ${STRATS_D:-scratch finetune adaptor relearn}; do
+      EPOCHS=${EPOCHS_D:-300} PATIENCE=${PATIENCE_D:-20} run_one d_office_ml100k "$DATA/scientific" d_office_ml100k_to_scientific "$s" "$seed"
+      EPOCHS=${EPOCHS_D:-300} PATIENCE=${PATIENCE_D:-20} run_one d_sci_ml100k "$OFFICE" d_sci_ml100k_to_office "$s" "$seed"
     done
   done
 fi
