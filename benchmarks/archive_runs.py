@@ -5,7 +5,7 @@ model per lane) and its paired tests need every row's per-user results. This cop
 `compare --tune` folder, every file that the table, the paired tests and the reuse of finished runs read
 (`metrics.json`, `per_user_test.npz`, `config.yaml`, `inputs.json`, `runs.csv`, each study's
 `study.json` / `study.journal`, logs), and leaves out the weights (`*.pt`) and the split (`split.npz`, which a
-run rebuilds from `data.split_seed`). Symbolic links are kept as links.
+run rebuilds from `data.split_seed`) and `report.html` (the next compare writes it again). Symbolic links are kept as links.
 
 Restoring is a copy back: `cp -r benchmarks/results/tuned_topk/scientific bench_out/tuned_topk/`; then the
 composite `prismrec compare ... --tune 6` of docs/benchmarks.md reuses the finished studies and seed runs
@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 
 SKIP_SUFFIXES = (".pt", ".tmp")
-SKIP_NAMES = {"split.npz"}
+SKIP_NAMES = {"split.npz", "report.html"}  # rebuilt by the next compare
 
 
 def archive(src: Path, dst: Path, entries: list[str] | None = None, max_bytes: int = 2 << 20) -> tuple[int, int]:
