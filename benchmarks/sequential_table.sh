@@ -6,13 +6,16 @@
 #   ML1M_SAMPLED=1024: MovieLens-1M with the sampled softmax (1,024 uniform negatives shared by the batch,
 #   loss_type=sampled; the quality check against the full softmax is docs/benchmarks.md §2.4), written to
 #   OUT/ml-1m-sampled-1024; the full softmax otherwise.
+#   MODELS="sasrecf gru4rec" runs a subset (one lane per core; SASRec-F first keeps the paired tests against it),
+#   SEEDS=0,1,2, THREADS=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=${PRISMREC:-.venv/bin/prismrec}
 OUT=${OUT:-bench_out/seq}
 ML1M=${ML1M:-${PRISMREC_DATA:-../shared/data}/movielens/ml-1m}
 DATASETS=${*:-scientific_mm scientific ml-1m}
-MODELS=(--model sasrecf --model gru4rec --model sasrec --model mdsrec --model demure)
+ENTRIES=()
+for m in ${MODELS:-sasrecf gru4rec sasrec mdsrec demure}; do ENTRIES+=(--model "$m"); done
 METRICS=recall@10,ndcg@10,recall@50,ndcg@50,mrr@10
 for d in $DATASETS; do
   if [ "$d" = ml-1m ]; then
@@ -21,10 +24,10 @@ for d in $DATASETS; do
     if [ -n "${ML1M_SAMPLED:-}" ]; then
       LOSS=(--set loss_type=sampled --set "num_sampled=$ML1M_SAMPLED"); DEST=$OUT/ml-1m-sampled-$ML1M_SAMPLED
     fi
-    $P -q compare --data "$ML1M" --out "$DEST" "${MODELS[@]}" --seeds ${SEEDS:-0,1,2} --epochs 60 \
+    $P -q compare --data "$ML1M" --out "$DEST" "${ENTRIES[@]}" --seeds ${SEEDS:-0,1,2} --epochs 60 \
        --metrics $METRICS --set train.threads=${THREADS:-1} "${LOSS[@]}"
   else
-    $P -q compare --data $d --out $OUT/$d "${MODELS[@]}" --seeds ${SEEDS:-0,1,2} --epochs 200 \
+    $P -q compare --data $d --out $OUT/$d "${ENTRIES[@]}" --seeds ${SEEDS:-0,1,2} --epochs 200 \
        --metrics $METRICS --set train.threads=${THREADS:-1}
   fi
 done
