@@ -311,3 +311,32 @@ def test_the_pruning_warmup_defaults_to_the_patience_and_a_resume_keeps_its_own(
     assert res.spec.prune_warmup == 7 and "median pruning after 7 epochs" in (tmp_path / "w" / "tune.md").read_text()
     tune_study("lightgcn", str(folder), tmp_path / "k", trials=1, prune_warmup=2, **kw)
     assert tune_study("lightgcn", str(folder), tmp_path / "k", trials=2, **kw).spec.prune_warmup == 2
+
+
+def test_the_setting_is_selected_only_after_every_running_trial_ends(mmrec_folder, tmp_path, monkeypatch):
+    # a worker joined from another shell may still train the study's last trial when this process's own
+    # workers are done: selecting then ignored it, though it was the best (tiktok LGMRec, 2026-12-04)
+    import socket
+    import threading
+
+    from prismrec.study import finish_study
+
+    folder, _ = mmrec_folder
+    out = tmp_path / "w"
+    monkeypatch.setattr(study_module, "train_run", make_fake())
+    monkeypatch.setattr(study_module, "WAIT_POLL_SECONDS", 0.05)
+    write_spec(out, spec_for(out, folder, trials=1))
+    run_worker(out)  # trial 0 complete
+    write_spec(out, spec_for(out, folder, trials=2))  # the budget raised; trial 1 runs "elsewhere"
+    st = open_study(load_spec(out))
+    first = st.get_trials()[0]
+    other = st.ask(fixed_distributions=first.distributions)
+    other.set_user_attr("host", socket.gethostname())
+    other.set_user_attr("pid", os.getpid())  # a live process: not a killed worker's trial
+    finished = threading.Timer(0.5, lambda: st.tell(other, first.value + 1.0))
+    finished.start()
+    t0 = time.monotonic()
+    res = finish_study(out, final_seeds=())
+    finished.join()
+    assert time.monotonic() - t0 >= 0.4  # it waited
+    assert res.best_value == pytest.approx(first.value + 1.0) and res.best_params == other.params

@@ -48,6 +48,7 @@ JOURNAL_FILE = "study.journal"
 PRUNED_FILE = "pruned.json"
 HEARTBEAT_SECONDS = 10  # database storages: a trial whose worker is silent for 3 beats is failed and retried
 MAX_RETRY = 3
+WAIT_POLL_SECONDS = 5.0  # how often the selection looks again at trials that other workers are still running
 TPE_STARTUP = 10  # random trials before TPE models the results (Optuna's default, stated in every protocol line)
 
 
@@ -461,6 +462,34 @@ def _jsonable(ov: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError("tune overrides must be plain values (numbers, text, lists, mappings).") from None
 
 
+def wait_for_running_trials(study, *, database: bool = False, say_every: float = 300.0) -> None:
+    """Block until no trial of the study is RUNNING, so that the setting is selected from the whole budget.
+
+    This process's own workers have finished when it gets here, but a worker that joined from another shell
+    (``prismrec tune --worker OUT``) or another machine may still be training the study's last trial: selecting
+    then would ignore it (and it may be the best). A running trial whose local worker is gone is failed as on
+    resume; on a database, Optuna's heartbeat fails a silent remote worker's trial."""
+    import optuna
+    from optuna.trial import TrialState
+
+    said = None
+    while True:
+        fail_dead_trials(study)
+        if database:
+            optuna.storages.fail_stale_trials(study)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running:
+            return
+        now = time.monotonic()
+        if said is None or now - said >= say_every:
+            who = ", ".join(f"trial {t.number} ({t.user_attrs.get('host', '?')} pid {t.user_attrs.get('pid', '?')})"
+                            for t in running)
+            log.warning("waiting for %s to finish before selecting the setting (a worker of this study still runs "
+                        "it; stop that worker to have the trial failed and retried on the next run)", who)
+            said = now
+        time.sleep(WAIT_POLL_SECONDS)
+
+
 def best_trial(study):
     from optuna.trial import TrialState
 
@@ -493,6 +522,7 @@ def finish_study(out: str | Path, *, final_seeds: Sequence[int] = (0, 1, 2), pro
     out = Path(out)
     spec = load_spec(out)
     study = open_study(spec)
+    wait_for_running_trials(study, database=is_database(spec.storage))
     best = best_trial(study)
     frame = trials_frame(study)
     final = None
