@@ -469,7 +469,7 @@ def wait_for_running_trials(study, *, database: bool = False, say_every: float =
     (``prismrec tune --worker OUT``) or another machine may still be training the study's last trial: selecting
     then would ignore it (and it may be the best). A running trial whose local worker is gone is failed as on
     resume; on a database, Optuna's heartbeat fails a silent remote worker's trial."""
-    import optuna
+    optuna = require_optuna()
     from optuna.trial import TrialState
 
     said = None
