@@ -113,7 +113,12 @@ if [[ $PART == D ]]; then
     HF_HUB_OFFLINE=1 $PR -q features --modality text --data "$OFFICE" --out "$OFFICE/"
   fi
   CONV=(--set ant.pretrain_patience="${PRE_PATIENCE:-10}" --set ant.pretrain_min_delta="${PRE_MIN_DELTA:-0.005}")
-  for pair in "d_office_ml100k:$OFFICE" "d_sci_ml100k:$DATA/scientific"; do
+  PAIRS=()   # TARGETS_D="scientific office" (default both; one per shell runs the two settings in parallel)
+  for t in ${TARGETS_D:-scientific office}; do
+    case $t in scientific) PAIRS+=("d_office_ml100k:$OFFICE");; office) PAIRS+=("d_sci_ml100k:$DATA/scientific");;
+      *) echo "TARGETS_D: unknown target '$t' (scientific or office)" >&2; exit 2;; esac
+  done
+  for pair in "${PAIRS[@]}"; do
     name=${pair%%:*}; src=${pair#*:}
     r=(); [ -f "$OUT/$name/pretrain_request.json" ] && r=(--resume)
     [ -f "$OUT/$name/pretrain.json" ] || $PR pretrain --data "$src" --data "$DATA/movielens/ml-100k" --out "$OUT/$name" \
@@ -121,8 +126,10 @@ if [[ $PART == D ]]; then
   done
   for seed in $SEEDS; do
     for s in ${STRATS_D:-scratch finetune adaptor relearn}; do
-      EPOCHS=${EPOCHS_D:-300} PATIENCE=${PATIENCE_D:-20} run_one d_office_ml100k "$DATA/scientific" d_office_ml100k_to_scientific "$s" "$seed"
-      EPOCHS=${EPOCHS_D:-300} PATIENCE=${PATIENCE_D:-20} run_one d_sci_ml100k "$OFFICE" d_sci_ml100k_to_office "$s" "$seed"
+      for pair in "${PAIRS[@]}"; do
+        name=${pair%%:*}; target=$DATA/scientific; [ "$name" = d_sci_ml100k ] && target=$OFFICE
+        EPOCHS=${EPOCHS_D:-300} PATIENCE=${PATIENCE_D:-20} run_one "$name" "$target" "${name}_to_$(basename "$target")" "$s" "$seed"
+      done
     done
   done
 fi

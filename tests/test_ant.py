@@ -37,6 +37,30 @@ def test_moe_adaptor_shapes_and_gates():
     assert torch.allclose(lin.gates(torch.randn(4, 6)).sum(-1), torch.ones(4))
 
 
+@pytest.mark.parametrize("mode", ["shared", "per_expert"])
+def test_expert_dropout_masks(mode):
+    """Two identical one-weight experts on x = 1 with dropout 0.5: one shared mask gives every row 0 or 2
+    whatever the (noisy) gates; a mask per expert (ANT's and UniSRec's code) mixes a kept and a dropped
+    copy in about half the rows. Evaluation is unaffected."""
+    torch.manual_seed(0)
+    ad = MoEAdaptor(1, 1, n_experts=2, kind="whiten", dropout=0.5, expert_dropout=mode)
+    with torch.no_grad():
+        ad.weight.fill_(1.0)
+    y = ad.train()(torch.ones(2000, 1)).squeeze(1).detach()
+    mixed = float(((y > 1e-5) & (y < 2 - 1e-5)).float().mean())
+    if mode == "shared":
+        assert mixed == 0.0
+    else:
+        assert 0.4 < mixed < 0.6
+    assert torch.allclose(ad.eval()(torch.ones(3, 1)), torch.ones(3, 1))
+    with pytest.raises(ValueError, match="per_expert"):
+        MoEAdaptor(1, 1, expert_dropout="each")
+    from prismrec.models.transfer.ant import ANT, build_networks
+
+    items, _ = build_networks(ANT.Config(expert_dropout=mode), {"text": 8, "price": 4})  # the setting reaches every adaptor
+    assert [a.per_expert for a in items.adaptors.values()] == [mode == "per_expert"] * 2
+
+
 def test_item_encoder_fusion_and_missing_features():
     torch.manual_seed(0)
     enc = ItemEncoder({"image": 6, "text": 5, "price": 4}, 8, n_experts=2, dropout=0.0, beta=0.1).eval()

@@ -64,7 +64,9 @@ def test_moe_encoder_is_ants_layer_and_the_default_stays_linear():
     run = fit("sasrecf", ds, [*MOE, "use_ids=false"], 1)
     feats = run.model.tokens.features
     assert isinstance(feats, MoEProjections) and set(feats.names) == {"image", "text"}
-    assert all(a.n_experts == 4 and a.kind == "whiten" for a in feats.adaptors.values())
+    assert all(a.n_experts == 4 and a.kind == "whiten" and not a.per_expert for a in feats.adaptors.values())
+    per_expert = fit("sasrecf", ds, [*MOE, "expert_dropout=per_expert"], 1).model.tokens.features  # ANT's masks
+    assert all(a.per_expert for a in per_expert.adaptors.values())
     assert not run.model.item_embedding.weight.requires_grad  # inductive: features only
     m = run.model.eval()
     with torch.no_grad():
@@ -89,6 +91,7 @@ def test_moe_missing_feature_uses_the_learned_vector():
     ("sasrecf.n_expert=4", "Did you mean 'n_experts'"),
     ("sasrecf.scoring=l2", "scoring"),
     ("sasrecf.temperature=0", "temperature"),
+    ("sasrecf.expert_dropout=each", "expert_dropout"),
 ])
 def test_moe_settings_are_validated(override, message):
     from prismrec.errors import ConfigError

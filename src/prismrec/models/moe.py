@@ -30,12 +30,19 @@ class MoEAdaptor(nn.Module):
 
     ``kind="whiten"``: expert ``k`` is ``W_k (x - b_k)`` (UniSRec's PWLayer, no output bias);
     ``kind="linear"``: expert ``k`` is ``W_k x + c_k`` (ANT's price experts).
+    ``expert_dropout="per_expert"``: every expert draws its own dropout mask, as UniSRec's and ANT's code (one
+    ``nn.Dropout`` inside each expert module); ``"shared"``: one mask for all experts of a row (the toolkit's
+    default until this option existed; the tables of docs/benchmarks.md ran with it). Per-expert masks hold an
+    ``(n, E, d_in)`` tensor while training.
     """
 
     def __init__(self, d_in: int, d: int, n_experts: int = 8, kind: Literal["whiten", "linear"] = "whiten",
-                 dropout: float = 0.2):
+                 dropout: float = 0.2, expert_dropout: Literal["shared", "per_expert"] = "shared"):
         super().__init__()
+        if expert_dropout not in ("shared", "per_expert"):
+            raise ValueError(f"expert_dropout is 'shared' or 'per_expert', not {expert_dropout!r}")
         self.d_in, self.d, self.n_experts, self.kind = d_in, d, n_experts, kind
+        self.per_expert = expert_dropout == "per_expert"
         self.weight = nn.Parameter(torch.empty(n_experts, d_in, d))
         if kind == "whiten":
             self.bias_in = nn.Parameter(torch.zeros(n_experts, d_in))
@@ -72,8 +79,12 @@ class MoEAdaptor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(n, d_in)`` -> ``(n, d)``."""
         g = self.gates(x)                                                     # (n, E)
-        xd = self.dropout(x)
-        h = (xd @ self.weight.permute(1, 0, 2).reshape(self.d_in, -1)).view(len(x), self.n_experts, self.d)
+        if self.per_expert and self.training and self.dropout.p > 0:
+            xd = self.dropout(x.unsqueeze(1).expand(len(x), self.n_experts, self.d_in))   # a mask per expert
+            h = torch.einsum("nei,eio->neo", xd, self.weight)
+        else:
+            xd = self.dropout(x)
+            h = (xd @ self.weight.permute(1, 0, 2).reshape(self.d_in, -1)).view(len(x), self.n_experts, self.d)
         if self.kind == "whiten":
             h = h - torch.einsum("ed,edk->ek", self.bias_in, self.weight)[None]
         else:
@@ -87,12 +98,13 @@ class MoEProjections(nn.Module):
     :class:`~prismrec.models.layers.ModalityProjections` (``self(name, items)`` projects the rows ``items``,
     all rows when None). Experts N(0, 0.02), whitening biases and gates zero, as UniSRec/ANT initialise them."""
 
-    def __init__(self, modalities: dict[str, Modality], out_dim: int, *, n_experts: int = 8, dropout: float = 0.2):
+    def __init__(self, modalities: dict[str, Modality], out_dim: int, *, n_experts: int = 8, dropout: float = 0.2,
+                 expert_dropout: Literal["shared", "per_expert"] = "shared"):
         super().__init__()
         self.names = sorted(modalities)
         self.tables = nn.ModuleDict({n: FeatureTable(modalities[n]) for n in self.names})
-        self.adaptors = nn.ModuleDict({n: MoEAdaptor(self.tables[n].dim, out_dim, n_experts, "whiten", dropout)
-                                       for n in self.names})
+        self.adaptors = nn.ModuleDict({n: MoEAdaptor(self.tables[n].dim, out_dim, n_experts, "whiten", dropout,
+                                                     expert_dropout) for n in self.names})
         self.missing = nn.ParameterDict({n: nn.Parameter(torch.empty(out_dim).normal_(0.0, 0.02))
                                          for n in self.names})
 

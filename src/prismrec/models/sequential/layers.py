@@ -86,7 +86,8 @@ class ItemTokens(nn.Module):
     """
 
     def __init__(self, n_items: int, dim: int, modalities=None, *, use_ids: bool = True, init: str = "normal",
-                 feature_encoder: str = "linear", n_experts: int = 8, adaptor_dropout: float = 0.2):
+                 feature_encoder: str = "linear", n_experts: int = 8, adaptor_dropout: float = 0.2,
+                 expert_dropout: str = "shared"):
         super().__init__()
         from ..layers import ModalityProjections
         from ..moe import MoEProjections
@@ -101,7 +102,8 @@ class ItemTokens(nn.Module):
         if not modalities:
             self.features = None
         elif feature_encoder == "moe":
-            self.features = MoEProjections(modalities, dim, n_experts=n_experts, dropout=adaptor_dropout)
+            self.features = MoEProjections(modalities, dim, n_experts=n_experts, dropout=adaptor_dropout,
+                                           expert_dropout=expert_dropout)
         else:
             self.features = ModalityProjections(modalities, dim)
         self.use_ids = use_ids or self.features is None

@@ -58,7 +58,7 @@ class SASRec(SequentialRecommender):
         if self.use_features:
             self.tokens = ItemTokens(self.n_items, d, data.modalities, use_ids=config.use_ids,
                                      feature_encoder=config.feature_encoder, n_experts=config.n_experts,
-                                     adaptor_dropout=config.adaptor_dropout)
+                                     adaptor_dropout=config.adaptor_dropout, expert_dropout=config.expert_dropout)
         else:
             self.tokens = ItemTokens(self.n_items, d, None)
         self.encoder = CausalTransformer(d, config.max_len, config.n_layers, config.n_heads, config.dropout,
@@ -97,6 +97,9 @@ class SASRecF(SASRec):
         n_experts: int = Field(8, ge=1, description="experts per modality (feature_encoder: moe; UniSRec/ANT: 8)")
         adaptor_dropout: float = Field(0.2, ge=0, lt=1, description="dropout on the features entering the experts "
                                                                     "(feature_encoder: moe; UniSRec/ANT: 0.2)")
+        expert_dropout: Literal["shared", "per_expert"] = Field(
+            "shared", description="feature_encoder: moe: one dropout mask for all experts of an item (ours), or one "
+                                  "per expert (UniSRec's and ANT's code)")
         scoring: Literal["dot", "cosine"] = Field(
             "dot", description="logits: dot product (SASRec), or cosine / temperature (UniSRec, ANT)")
         temperature: float = Field(0.07, gt=0, description="tau of scoring: cosine (UniSRec/ANT: 0.07)")

@@ -132,7 +132,7 @@ def build_networks(cfg: ANT.Config, dims: dict[str, int]) -> tuple[ItemEncoder, 
     """ANT's item encoder and sequence encoder, initialised as the official code (N(0, 0.02) for every
     linear layer, biases 0, layer norms 1/0)."""
     items = ItemEncoder(dims, cfg.embedding_size, cfg.n_experts, cfg.adaptor_dropout, cfg.fusion_beta,
-                        tuple(cfg.fusion_pair))
+                        tuple(cfg.fusion_pair), cfg.expert_dropout)
     enc = CausalTransformer(cfg.embedding_size, cfg.max_len, cfg.n_layers, cfg.n_heads, cfg.dropout, ff_mult=1)
     for mod in enc.modules():
         if isinstance(mod, nn.Linear):
@@ -185,6 +185,8 @@ class ANT(SequentialRecommender):
         dropout: float = Field(0.5, ge=0, lt=1, description="transformer dropout (ANT: 0.5)")
         n_experts: int = Field(8, ge=1, description="experts per modality adaptor")
         adaptor_dropout: float = Field(0.2, ge=0, lt=1)
+        expert_dropout: Literal["shared", "per_expert"] = Field(
+            "shared", description="one dropout mask for all experts of an item (ours), or one per expert (ANT's code)")
         temperature: float = Field(0.07, gt=0, description="tau of the cosine logits")
         fusion_beta: float = Field(0.1, description="weight of the image x text product in the fusion")
         fusion_pair: list[str] = Field(default_factory=lambda: ["image", "text"],

@@ -37,11 +37,12 @@ class ItemEncoder(nn.Module):
     """
 
     def __init__(self, dims: dict[str, int], d: int, n_experts: int = 8, dropout: float = 0.2,
-                 beta: float = 0.1, pair: tuple[str, str] = ("image", "text")):
+                 beta: float = 0.1, pair: tuple[str, str] = ("image", "text"), expert_dropout: str = "shared"):
         super().__init__()
         self.names = sorted(dims)
         self.adaptors = nn.ModuleDict({
-            n: MoEAdaptor(dims[n], d, n_experts, "linear" if n == "price" else "whiten", dropout) for n in self.names
+            n: MoEAdaptor(dims[n], d, n_experts, "linear" if n == "price" else "whiten", dropout, expert_dropout)
+            for n in self.names
         })
         self.missing = nn.ParameterDict({n: nn.Parameter(torch.empty(d)) for n in self.names})
         self.beta = beta
