@@ -113,13 +113,14 @@ if [[ $PART == D ]]; then
     HF_HUB_OFFLINE=1 $PR -q features --modality text --data "$OFFICE" --out "$OFFICE/"
   fi
   CONV=(--set ant.pretrain_patience="${PRE_PATIENCE:-10}" --set ant.pretrain_min_delta="${PRE_MIN_DELTA:-0.005}")
-  PAIRS=()   # TARGETS_D="scientific office" (default both; one per shell runs the two settings in parallel)
+  PAIRS=()   # checkpoint:source:target; TARGETS_D="scientific office" (default both; one per shell runs them in parallel)
   for t in ${TARGETS_D:-scientific office}; do
-    case $t in scientific) PAIRS+=("d_office_ml100k:$OFFICE");; office) PAIRS+=("d_sci_ml100k:$DATA/scientific");;
+    case $t in scientific) PAIRS+=("d_office_ml100k:$OFFICE:$DATA/scientific");;
+      office) PAIRS+=("d_sci_ml100k:$DATA/scientific:$OFFICE");;
       *) echo "TARGETS_D: unknown target '$t' (scientific or office)" >&2; exit 2;; esac
   done
   for pair in "${PAIRS[@]}"; do
-    name=${pair%%:*}; src=${pair#*:}
+    IFS=: read -r name src _ <<< "$pair"
     r=(); [ -f "$OUT/$name/pretrain_request.json" ] && r=(--resume)
     [ -f "$OUT/$name/pretrain.json" ] || $PR pretrain --data "$src" --data "$DATA/movielens/ml-100k" --out "$OUT/$name" \
         --epochs "${PRE_EPOCHS_D:-300}" "${ENC[@]}" "${COMMON[@]}" --set ant.modalities=[text] "${CONV[@]}" "${r[@]}"
@@ -127,7 +128,7 @@ if [[ $PART == D ]]; then
   for seed in $SEEDS; do
     for s in ${STRATS_D:-scratch finetune adaptor relearn}; do
       for pair in "${PAIRS[@]}"; do
-        name=${pair%%:*}; target=$DATA/scientific; [ "$name" = d_sci_ml100k ] && target=$OFFICE
+        IFS=: read -r name _ target <<< "$pair"
         EPOCHS=${EPOCHS_D:-300} PATIENCE=${PATIENCE_D:-20} run_one "$name" "$target" "${name}_to_$(basename "$target")" "$s" "$seed"
       done
     done
