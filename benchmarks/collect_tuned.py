@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from prismrec.report.html import run_dir_candidates
+
 
 def _study(tune: Path):
     import optuna
@@ -44,8 +46,10 @@ def main() -> None:
     runs = pd.read_csv(args.folder / "runs.csv")
     rows, totals = [], {"epochs": 0, "saved": 0.0}
     for entry, sub in runs.groupby("entry", sort=False):
-        tune = Path(str(sub["run_dir"].iloc[0])).parent / "tune"  # the entry's folder (brackets become _)
-        if not (tune / "study.json").is_file():
+        # the entry's folder (brackets become _): under the folder given, not the path recorded at compare time
+        tune = next((c.parent / "tune" for c in run_dir_candidates(args.folder, str(sub["run_dir"].iloc[0]))
+                     if (c.parent / "tune" / "study.json").is_file()), None)
+        if tune is None:
             continue
         spec, study = _study(tune)
         trials = [t for t in study.trials if not t.user_attrs.get("over_budget")]

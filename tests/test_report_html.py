@@ -113,6 +113,19 @@ def test_paired_matrix_follows_the_one_rule(made):
         assert f">{signed(-t.diff)}<br><small>p " in rows["bpr"]
 
 
+def test_a_moved_compare_folder_reads_its_own_runs(made, tmp_path):
+    """runs.csv records the run paths at compare time; a copy (an archive, another machine) reads the runs
+    under itself, not the originals, even while those still exist."""
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(made["cmp"], moved)
+    entries, _ = report_html._compare_runs(moved)
+    runs = [run for rs in entries.values() for run in rs]
+    assert len(runs) == 4 and all(run.path.is_relative_to(moved) for run in runs)
+    assert report_html.run_dir_candidates(moved, str(made["cmp"] / "bpr" / "seed-1"))[0] == moved / "bpr" / "seed-1"
+
+
 def test_report_of_a_single_run(made):
     run = made["cmp"] / "lightgcn" / "seed-0"
     out = api.report(run)

@@ -280,6 +280,14 @@ def _load_run(path: Path, label: str | None = None, seed: int | None = None) -> 
                 history)
 
 
+def run_dir_candidates(folder: Path, recorded: str) -> list[Path]:
+    """Where a ``runs.csv`` row's run may be, most likely first. ``runs.csv`` records each run's path as it
+    was at compare time; the folder may have moved since (archived, copied from another machine), and the old
+    path may then hold something else, so the same ``<entry>/seed-<s>`` under ``folder`` comes first."""
+    given = Path(recorded)
+    return [Path(folder) / given.parent.name / given.name, given]
+
+
 def _compare_runs(folder: Path) -> tuple[dict[str, list[_Run]], list[str]]:
     """``{entry: [runs in seed order]}`` of a compare folder (from ``runs.csv``) and its test metrics."""
     import csv
@@ -289,9 +297,7 @@ def _compare_runs(folder: Path) -> tuple[dict[str, list[_Run]], list[str]]:
     metrics = [c[len("test_"):] for c in (rows[0].keys() if rows else []) if c.startswith("test_")]
     entries: dict[str, list[_Run]] = {}
     for r in rows:
-        given = Path(r.get("run_dir", ""))
-        # runs.csv records the path at compare time; the folder may have moved since
-        cands = [folder / given.parent.name / given.name, given] if r.get("run_dir") else []
+        cands = run_dir_candidates(folder, r["run_dir"]) if r.get("run_dir") else []
         run = next((x for x in (_load_run(c, r["entry"], int(r["seed"])) for c in cands if c.is_dir()) if x), None)
         if run is not None:
             entries.setdefault(r["entry"], []).append(run)
