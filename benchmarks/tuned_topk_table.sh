@@ -7,7 +7,8 @@
 # and finished seed runs are reused.
 # Usage: PRISMREC_DATA=../shared/data bash benchmarks/tuned_topk_table.sh [dataset ...]
 #   TRIALS=30 (per model), WORKERS=1 (local processes per study), MODELS="lightgcn bpr ...", EPOCHS=400,
-#   JOBS=1 (seed runs trained at once; one per core), PRUNE_WARMUP=2 (epochs of a trial never pruned)
+#   JOBS=1 (seed runs trained at once; one per core), PRUNE_WARMUP (epochs of a trial never pruned; default: the
+#   patience, as in `compare --tune`; the tables measured before 2026-12-04 used PRUNE_WARMUP=2, docs/benchmarks.md §1.7)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=${PRISMREC:-.venv/bin/prismrec}
@@ -15,19 +16,21 @@ OUT=${OUT:-bench_out/tuned_topk}
 DATASETS=${*:-tiktok scientific_mm scientific baby}
 MODELS=${MODELS:-lightgcn bpr vbpr freedom bm3 lirdrec alignrec mgcn lattice lgmrec mentor}
 TRIALS=${TRIALS:-30}
+WARMUP=()
+[ -n "${PRUNE_WARMUP:-}" ] && WARMUP=(--tune-prune-warmup "$PRUNE_WARMUP")
 ENTRIES=()
 for m in $MODELS; do ENTRIES+=(--model "$m"); done
 for d in $DATASETS; do
   echo "== $d: ${MODELS} x ${TRIALS} trials each"
   $P -q compare "${ENTRIES[@]}" --data "$d" --out "$OUT/$d" --seeds 0,1,2 --tune "$TRIALS" \
-     --tune-workers "${WORKERS:-1}" --tune-prune-warmup "${PRUNE_WARMUP:-2}" --jobs "${JOBS:-1}" \
+     --tune-workers "${WORKERS:-1}" "${WARMUP[@]}" --jobs "${JOBS:-1}" \
      --set "train.epochs=${EPOCHS:-400}" --set "train.threads=${THREADS:-1}"
   cp "$OUT/$d/results.md" "$OUT/$d/results_vs_first.md"
   # paired tests against FREEDOM as well: the same runs, FREEDOM listed first (nothing is retrained)
   if [[ " $MODELS " == *" freedom "* ]]; then
     $P -q compare --model freedom $(for m in $MODELS; do [[ $m != freedom ]] && echo --model $m; done) \
        --data "$d" --out "$OUT/$d" --seeds 0,1,2 --tune "$TRIALS" --tune-workers "${WORKERS:-1}" \
-       --tune-prune-warmup "${PRUNE_WARMUP:-2}" --jobs "${JOBS:-1}" \
+       "${WARMUP[@]}" --jobs "${JOBS:-1}" \
        --set "train.epochs=${EPOCHS:-400}" --set "train.threads=${THREADS:-1}" > /dev/null
     cp "$OUT/$d/results.md" "$OUT/$d/results_vs_freedom.md"
     cp "$OUT/$d/results_vs_first.md" "$OUT/$d/results.md"
