@@ -38,6 +38,9 @@ def archive(src: Path, dst: Path, entries: list[str] | None = None, max_bytes: i
         if not top.exists():
             raise SystemExit(f"{top} does not exist. Fix: name entries as their folders under {src} are named.")
         for root, dirs, files in os.walk(top):  # links to folders are listed in dirs, not followed
+            if "checkpoint.pt" in files and "metrics.json" not in files:
+                print(f"left out (unfinished run: it resumes from its checkpoint): {root}")
+                continue
             for name in [*files, *(d for d in dirs if (Path(root) / d).is_symlink())]:
                 p = Path(root) / name
                 if name in SKIP_NAMES or name.endswith(SKIP_SUFFIXES):

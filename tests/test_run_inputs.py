@@ -106,8 +106,14 @@ def test_an_archived_comparison_is_reused_without_its_weights(folders, tmp_path)
     out = tmp_path / "cmp"
     kw = dict(seeds=[0, 1], overrides=FAST, epochs=2, tune_trials=2)
     first = compare(["bpr", "lightgcn"], str(a), out, **kw)
+    unfinished = out / "bpr" / "seed-7"  # a run killed mid-way: its checkpoint, no metrics.json
+    unfinished.mkdir()
+    (unfinished / "checkpoint.pt").write_bytes(b"x")
+    (unfinished / "config.yaml").write_text("seed: 7\n")
     n_files, _ = mod.archive(out, tmp_path / "kept")
     kept = tmp_path / "kept"
+    assert not (kept / "bpr" / "seed-7").exists()  # only finished runs are kept
+    shutil.rmtree(unfinished)
     assert n_files > 0 and not list(kept.rglob("*.pt")) and not list(kept.rglob("split.npz"))
     restored = tmp_path / "restored"
     shutil.copytree(kept, restored, symlinks=True)
