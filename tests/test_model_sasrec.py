@@ -132,3 +132,26 @@ def test_moe_encoder_checkpoint_round_trip_from_disk(tmp_path):
         m.prepare_scoring(back.split.history("test"))
     with torch.no_grad():
         torch.testing.assert_close(back.model.score(users), run.model.score(users))
+
+
+def test_transformer_initialisation_and_feed_forward_width():
+    """init: normal draws every transformer weight (attention Q/K/V included) from N(0, 0.02), as RecBole's
+    SASRec, UniSRec and ANT; the default keeps torch's; ff_mult sets the feed-forward width."""
+    from prismrec.models.sequential.layers import CausalTransformer
+
+    torch.manual_seed(0)
+    normal = CausalTransformer(128, 50, n_layers=2, n_heads=2, init="normal", ff_mult=1)
+    torch.manual_seed(0)
+    default = CausalTransformer(128, 50, n_layers=2, n_heads=2)
+    for net, ff in ((normal, 128), (default, 512)):
+        block = net.layers.layers[0]
+        assert block.linear1.weight.shape == (ff, 128)
+    qkv = normal.layers.layers[1].self_attn.in_proj_weight
+    assert abs(qkv.std().item() - 0.02) < 0.002 and normal.layers.layers[1].self_attn.in_proj_bias.abs().max() == 0
+    ff_n, ff_d = normal.layers.layers[0].linear1, default.layers.layers[0].linear1
+    assert abs(ff_n.weight.std().item() - 0.02) < 0.002 and ff_n.bias.abs().max() == 0
+    assert ff_d.weight.std().item() > 0.04   # torch's Kaiming-uniform at fan-in 128: std 1 / sqrt(3 * 128) = 0.051
+    with pytest.raises(ValueError, match="init"):
+        CausalTransformer(8, 5, init="xavier")
+    run = fit("sasrecf", cyclic_dataset(), ["init=normal", "ff_mult=1"], 1)
+    assert run.model.encoder.layers.layers[0].linear1.out_features == run.model.config.embedding_size

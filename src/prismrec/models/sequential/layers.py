@@ -27,13 +27,21 @@ class CausalTransformer(nn.Module):
     the prefix that ends there (when the window holds the whole prefix), so window training equals
     prefix training; with ``from_end`` a prefix's last item sits at another position in a window than
     when the prefix is scored.
+
+    Feed-forward width ``ff_mult * dim`` (SASRec/RecBole: 4 x 64; ANT: 1 x). Initialisation (``init``):
+    ``torch`` keeps torch's defaults for the blocks (xavier attention projections, Kaiming-uniform
+    feed-forward layers); ``normal`` is RecBole's ``_init_weights`` as SASRec, UniSRec and ANT apply it:
+    every linear weight, the attention's query/key/value projection included, from N(0, 0.02), biases 0,
+    layer norms 1 / 0.
     """
 
     def __init__(self, dim: int, max_len: int, n_layers: int = 2, n_heads: int = 2, dropout: float = 0.2,
-                 ff_mult: int = 4, positions: str = "from_end"):
+                 ff_mult: int = 4, positions: str = "from_end", init: str = "torch"):
         super().__init__()
         if positions not in ("from_end", "from_start"):
             raise ValueError(f"positions is 'from_end' or 'from_start', not {positions!r}")
+        if init not in ("torch", "normal"):
+            raise ValueError(f"init is 'torch' or 'normal', not {init!r}")
         self.from_start = positions == "from_start"
         self.position = nn.Embedding(max_len, dim)
         # same scale as the item embeddings (N(0, 0.02), as SASRec/RecBole): at nn.Embedding's default
@@ -47,6 +55,25 @@ class CausalTransformer(nn.Module):
         self.n_heads = n_heads
         self.register_buffer("causal", torch.triu(torch.ones(max_len, max_len, dtype=torch.bool), 1),
                              persistent=False)
+        if init == "normal":
+            self.reset_normal()
+
+    @torch.no_grad()
+    def reset_normal(self) -> None:
+        """RecBole's initialisation: N(0, 0.02) weights (positions, linear layers, the attention's packed
+        query/key/value projection), zero biases, layer norms 1 / 0."""
+        for mod in self.modules():
+            if isinstance(mod, nn.Linear):
+                mod.weight.normal_(0.0, 0.02)
+                if mod.bias is not None:
+                    mod.bias.zero_()
+            elif isinstance(mod, nn.MultiheadAttention):
+                mod.in_proj_weight.normal_(0.0, 0.02)
+                mod.in_proj_bias.zero_()
+            elif isinstance(mod, nn.LayerNorm):
+                mod.weight.fill_(1.0)
+                mod.bias.zero_()
+        self.position.weight.normal_(0.0, 0.02)
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor, *, all_positions: bool = False) -> torch.Tensor:
         """``x``: item inputs ``(B, L, d)``; ``tokens``: the padded token ids ``(B, L)`` (0 = padding)."""

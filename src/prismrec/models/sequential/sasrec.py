@@ -49,6 +49,11 @@ class SASRec(SequentialRecommender):
             "from_end", description="position embeddings counted from the latest item (the paper's left-padded "
                                     "slots) or from the oldest visible item (RecBole's; window training then "
                                     "equals prefix training)")
+        ff_mult: int = Field(4, ge=1, description="feed-forward width as a multiple of embedding_size "
+                                                  "(SASRec/RecBole: 4, i.e. 256 at width 64; ANT: 1)")
+        init: Literal["torch", "normal"] = Field(
+            "torch", description="transformer initialisation: torch's defaults, or RecBole's N(0, 0.02) for every "
+                                 "linear layer (SASRec's RecBole code, UniSRec, ANT)")
 
     use_features = False
 
@@ -62,7 +67,7 @@ class SASRec(SequentialRecommender):
         else:
             self.tokens = ItemTokens(self.n_items, d, None)
         self.encoder = CausalTransformer(d, config.max_len, config.n_layers, config.n_heads, config.dropout,
-                                         positions=config.positions)
+                                         ff_mult=config.ff_mult, positions=config.positions, init=config.init)
 
     causal = True
 

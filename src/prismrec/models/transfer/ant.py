@@ -130,19 +130,11 @@ def read_pretrained(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
 
 def build_networks(cfg: ANT.Config, dims: dict[str, int]) -> tuple[ItemEncoder, CausalTransformer]:
     """ANT's item encoder and sequence encoder, initialised as the official code (N(0, 0.02) for every
-    linear layer, biases 0, layer norms 1/0)."""
+    linear layer, the attention's query/key/value projection included, biases 0, layer norms 1/0)."""
     items = ItemEncoder(dims, cfg.embedding_size, cfg.n_experts, cfg.adaptor_dropout, cfg.fusion_beta,
                         tuple(cfg.fusion_pair), cfg.expert_dropout)
-    enc = CausalTransformer(cfg.embedding_size, cfg.max_len, cfg.n_layers, cfg.n_heads, cfg.dropout, ff_mult=1)
-    for mod in enc.modules():
-        if isinstance(mod, nn.Linear):
-            nn.init.normal_(mod.weight, std=0.02)
-            if mod.bias is not None:
-                nn.init.zeros_(mod.bias)
-        elif isinstance(mod, nn.LayerNorm):
-            nn.init.ones_(mod.weight)
-            nn.init.zeros_(mod.bias)
-    nn.init.normal_(enc.position.weight, std=0.02)
+    enc = CausalTransformer(cfg.embedding_size, cfg.max_len, cfg.n_layers, cfg.n_heads, cfg.dropout, ff_mult=1,
+                            init="normal")
     return items, enc
 
 
