@@ -61,6 +61,26 @@ def check_learns(name: str, overrides: list[str], epochs: int, margin: float = 0
     assert after >= before + margin, (before, after)
 
 
+def noise_feature_dataset():
+    """The tiny interactions with pure-noise features (no group structure): image 16-d, text 12-d."""
+    rng = np.random.default_rng(7)
+    mods = {n: Modality(n, rng.standard_normal((N_ITEMS, dim)).astype(np.float32), np.ones(N_ITEMS, dtype=bool))
+            for n, dim in (("image", 16), ("text", 12))}
+    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(N_ITEMS)]})
+    return build_dataset("mm", tiny_frame(), items=items, modalities=mods)
+
+
+def check_learns_past_content(name: str, overrides: list[str], *, gain: float, margin: float) -> None:
+    """For models that rank well untrained on the group features (a content recommender before any step):
+    on noise features training must add ``gain`` validation recall@10 to the untrained model, and on the
+    group features it must gain at least ``margin`` (0: not get worse)."""
+    ds = noise_feature_dataset()
+    before = fit(name, ds, overrides, 0).metrics["valid"]["recall@10"]
+    after = fit(name, ds, overrides, 6).metrics["valid"]["recall@10"]
+    assert after >= before + gain, (before, after)
+    check_learns(name, overrides, epochs=3, margin=margin)
+
+
 def check_shapes_and_round_trip(name: str, overrides: list[str]) -> None:
     """Score shape; state_dict -> a freshly initialised model -> identical scores."""
     run = fit(name, multimodal_dataset(), overrides, 2)
