@@ -278,6 +278,34 @@ def test_start_at_defaults_makes_the_run_settings_the_first_trial_once(mmrec_fol
     assert sum(s["train.learning_rate"] == pytest.approx(1e-3) and s["lightgcn.n_layers"] == 2 for s in seen[1:]) == 0
 
 
+def test_a_choice_of_lists_is_searched_queued_and_read_back_as_lists(mmrec_folder, tmp_path, monkeypatch):
+    """Optuna stores only plain choices: the lr schedule ``[[1.0, 50], [0.99, 1]]`` goes in as JSON text and
+    comes back as the list the Trainer reads, in the trials, the selected setting and a restored study."""
+    folder, _ = mmrec_folder
+    seen: list[dict] = []
+
+    def train_run(model, data, out, *, overrides, seed, on_epoch=None, **kw):
+        seen.append(dict(overrides))
+        sched = overrides["train.lr_scheduler"]
+        m = {"best_epoch": 1, "epochs_run": 1, "valid": {"recall@20": 0.2 if list(sched) == [0.99, 1] else 0.1}}
+        return type("R", (), {"metrics": m})()
+
+    monkeypatch.setattr(study_module, "train_run", train_run)
+    space = parse_space(["train.lr_scheduler=[[1.0,50],[0.99,1]]", "reg_type=none", "reg_weight=none",
+                         "learning_rate=none", "n_layers=[2]"])
+    out = tmp_path / "lists"
+    res = tune_study("lightgcn", str(folder), out, space=space, trials=4, final_seeds=(), prune=False,
+                     overrides=["train.lr_scheduler=[0.99,1]"], start_at_defaults=True)
+    assert seen[0]["train.lr_scheduler"] == [0.99, 1]  # the queued defaults, read back as a list
+    assert all(list(s["train.lr_scheduler"]) in ([1.0, 50], [0.99, 1]) for s in seen)
+    assert res.best_params["train.lr_scheduler"] == [0.99, 1]
+    spec = json.loads((out / "study.json").read_text())
+    assert spec["space"]["train.lr_scheduler"] == "[[1.0, 50], [0.99, 1]]"
+    res = tune_study("lightgcn", str(folder), out, space=space, trials=5, final_seeds=(), prune=False,
+                     overrides=["train.lr_scheduler=[0.99,1]"], start_at_defaults=True)
+    assert len(seen) == 5 and res.best_params["train.lr_scheduler"] == [0.99, 1]
+
+
 def test_a_study_saved_before_a_new_setting_existed_still_resumes(mmrec_folder, tmp_path, monkeypatch):
     folder, _ = mmrec_folder
     monkeypatch.setattr(study_module, "train_run", make_fake())

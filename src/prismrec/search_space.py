@@ -17,6 +17,7 @@ This module imports nothing heavy: the models import it.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -79,10 +80,25 @@ class Choice:
         object.__setattr__(self, "values", tuple(self.values))
 
     def describe(self) -> str:
-        return "[" + ", ".join(_num(v) if isinstance(v, float) else str(v) for v in self.values) + "]"
+        return "[" + ", ".join(_num(v) if isinstance(v, float) else str(_label(v)) for v in self.values) + "]"
 
     def contains(self, value: Any) -> bool:
-        return value in self.values
+        return _plain_value(value) in [_plain_value(v) for v in self.values]
+
+    # Optuna's categorical values are None, bool, int, float or str; a choice of lists (``train.lr_scheduler``:
+    # ``[[1.0, 50], [0.99, 1]]``) is searched under each value's JSON text and read back with decode().
+    def labels(self) -> list[Any]:
+        return [_label(v) for v in self.values]
+
+    def decode(self, label: Any) -> Any:
+        labels = self.labels()
+        return self.values[labels.index(label)] if label in labels else label
+
+    def encode(self, value: Any) -> Any:
+        for v in self.values:  # the label of the equal choice ((1.0, 50) is the choice [1, 50])
+            if _plain_value(v) == _plain_value(value):
+                return _label(v)
+        return _label(value)
 
 
 Dist = Union[FloatRange, IntRange, Choice]
@@ -94,6 +110,17 @@ LEARNING_RATE = FloatRange(1e-4, 1e-2, log=True)
 
 def _num(v: float) -> str:
     return f"{v:g}"
+
+
+def _plain_value(v: Any) -> Any:
+    return [_plain_value(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def _label(v: Any) -> Any:
+    """``v`` itself when Optuna can store it as a choice, else its JSON text (``[0.99, 1]``)."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return json.dumps(_plain_value(v))
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -250,8 +277,18 @@ def suggest(trial: Any, space: Mapping[str, Dist]) -> dict[str, Any]:
         elif isinstance(d, IntRange):
             out[k] = trial.suggest_int(k, d.low, d.high, step=d.step, log=d.log)
         else:
-            out[k] = trial.suggest_categorical(k, list(d.values))
+            out[k] = d.decode(trial.suggest_categorical(k, d.labels()))
     return out
+
+
+def decode_params(space: Mapping[str, Dist], params: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's stored parameters as settings: a choice of lists back from its JSON labels."""
+    return {k: space[k].decode(v) if isinstance(space.get(k), Choice) else v for k, v in params.items()}
+
+
+def encode_params(space: Mapping[str, Dist], point: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings as Optuna stores them (the inverse of :func:`decode_params`), e.g. to queue a trial."""
+    return {k: space[k].encode(v) if isinstance(space.get(k), Choice) else v for k, v in point.items()}
 
 
 def grid_values(space: Mapping[str, Dist]) -> dict[str, list[Any]]:
@@ -259,7 +296,7 @@ def grid_values(space: Mapping[str, Dist]) -> dict[str, list[Any]]:
     out = {}
     for k, d in space.items():
         if isinstance(d, Choice):
-            out[k] = list(d.values)
+            out[k] = d.labels()
         elif isinstance(d, IntRange) and not d.log:
             out[k] = d.values()
         elif isinstance(d, FloatRange) and d.low == d.high:

@@ -38,7 +38,8 @@ from typing import Any, Callable, Mapping, Sequence
 from .config import merge_overrides, parse_overrides
 from .errors import ConfigError, PrismrecError
 from .runs import METRICS_FILE, build_config, train_run
-from .search_space import Dist, applicable_space, describe_space, grid_values, model_space, parse_dist, suggest, to_yaml
+from .search_space import (Dist, applicable_space, decode_params, describe_space, encode_params, grid_values,
+                           model_space, parse_dist, suggest, to_yaml)
 from .utils.io import read_json, write_json, write_text
 
 log = logging.getLogger("prismrec")
@@ -426,7 +427,7 @@ def tune_study(model: str, data: str | Path, out: str | Path, *, space: Mapping[
                      start_at_defaults=start_at_defaults)
     write_spec(out, spec)
     if start_at_defaults:
-        enqueue_defaults(open_study(spec), default_point(full, cfg))
+        enqueue_defaults(open_study(spec), encode_params(full, default_point(full, cfg)))
     log.info("study %s in %s: %s; space: %s", spec.study_name, out, spec.protocol, describe_space(full))
     if workers > 1:
         open_study(spec)  # the storage's tables and the study exist before the workers race to them
@@ -527,7 +528,7 @@ def finish_study(out: str | Path, *, final_seeds: Sequence[int] = (0, 1, 2), pro
     frame = trials_frame(study)
     final = None
     if final_seeds:
-        entry = Entry.of(spec.model, _qualified_for_entry(best.params))
+        entry = Entry.of(spec.model, _qualified_for_entry(decode_params(spec.space, best.params)))
         final = compare([entry], spec.data, out / "final", seeds=list(final_seeds), config_files=spec.config_files,
                         overrides=spec.overrides, epochs=spec.epochs,
                         metrics=list(dict.fromkeys([spec.select, "recall@10", "recall@20", "ndcg@10", "ndcg@20"])),
@@ -550,7 +551,7 @@ def finish_study(out: str | Path, *, final_seeds: Sequence[int] = (0, 1, 2), pro
         md += f"\nProtocol: {spec.protocol}, then the selected setting with seeds {list(final_seeds)}.\n\n" + final.markdown
     write_text(out / "tune.md", md)
     write_text(out / "trials.csv", frame.to_csv(index=False))
-    return StudyResult(spec, frame, dict(best.params), float(best.value), final, md)
+    return StudyResult(spec, frame, decode_params(spec.space, best.params), float(best.value), final, md)
 
 
 def _qualified_for_entry(params: Mapping[str, Any]) -> dict[str, Any]:
