@@ -95,10 +95,9 @@ class Choice:
         return self.values[labels.index(label)] if label in labels else label
 
     def encode(self, value: Any) -> Any:
-        for v in self.values:  # the label of the equal choice ((1.0, 50) is the choice [1, 50])
-            if _plain_value(v) == _plain_value(value):
-                return _label(v)
-        return _label(value)
+        """The label of the equal choice ((1.0, 50) is the choice [1, 50])."""
+        plain = _plain_value(value)
+        return next((_label(v) for v in self.values if _plain_value(v) == plain), _label(value))
 
 
 Dist = Union[FloatRange, IntRange, Choice]
