@@ -31,9 +31,17 @@ def _window_and_prefix_logits(run):
     return per_position[rows, cols], per_prefix, targets[rows, cols]
 
 
-@pytest.mark.parametrize("name", ["sasrec", "sasrecf", "demure", "gru4rec"])
-def test_window_logits_equal_prefix_logits(name):
-    run = fit(name, cyclic_dataset(), ["positions=from_start"] if name != "gru4rec" else [], 2)
+WINDOWED_MDSREC = ["positions=from_start", "training_samples=windows"]
+
+
+@pytest.mark.parametrize("name, sets", [
+    ("sasrec", ["positions=from_start"]), ("sasrecf", ["positions=from_start"]), ("demure", ["positions=from_start"]),
+    ("gru4rec", []), ("mdsrec", WINDOWED_MDSREC), ("mdsrec", [*WINDOWED_MDSREC, "center_mask=official_tril"]),
+    ("mdsrec", [*WINDOWED_MDSREC, "variant=sgp4sr", "n_centers=3"])])
+def test_window_logits_equal_prefix_logits(name, sets):
+    """MDSRec: each position of a window gets the centres of its own prefix (Eq. 9 with the later keys
+    masked), so its logits are the prefix's too, under either centre mask."""
+    run = fit(name, cyclic_dataset(), sets, 2)
     window, prefix, _ = _window_and_prefix_logits(run)
     assert len(window) > 8
     torch.testing.assert_close(window, prefix, rtol=1e-4, atol=1e-5)
@@ -47,9 +55,10 @@ def test_positions_from_the_end_differ_between_window_and_prefix():
     assert not torch.allclose(window, prefix, rtol=1e-3, atol=1e-3)
 
 
-def test_window_loss_equals_prefix_loss():
+@pytest.mark.parametrize("name, sets", [("sasrecf", ["positions=from_start"]), ("mdsrec", WINDOWED_MDSREC)])
+def test_window_loss_equals_prefix_loss(name, sets):
     """With positions from the start, the window loss (every position) is the prefix loss (every prefix)."""
-    run = fit("sasrecf", cyclic_dataset(), ["positions=from_start"], 2)
+    run = fit(name, cyclic_dataset(), sets, 2)
     model = run.model.eval()
     indptr, items = TrainingData.from_split(run.dataset, run.split).sequences()
     windows = WindowSampler(indptr, items, model.max_len)

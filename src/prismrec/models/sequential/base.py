@@ -216,9 +216,15 @@ class SequentialRecommender(Recommender):
         """Representations at every position ``(B, L, d)`` (causal models only)."""
         return self.encode_parts(self.input_parts(seqs), seqs, all_positions=True)
 
+    @property
+    def window_training(self) -> bool:
+        """Train on windows (:class:`WindowSampler`, every position in one pass) instead of one sample per
+        prefix (:class:`SequenceSampler`): what causal encoders do."""
+        return self.causal
+
     def build_sampler(self, data: TrainingData, train_cfg: Any) -> SequenceSampler | WindowSampler:
         indptr, items = data.sequences()
-        return (WindowSampler if self.causal else SequenceSampler)(indptr, items, self.max_len)
+        return (WindowSampler if self.window_training else SequenceSampler)(indptr, items, self.max_len)
 
     #: the full softmax holds at most this many bytes of logits at once; a larger batch (rows x items) is
     #: computed in blocks (:func:`~prismrec.models.contrastive.softmax_cross_entropy`, the same loss)

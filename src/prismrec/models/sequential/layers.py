@@ -11,6 +11,17 @@ from torch import nn
 from .base import PAD
 
 
+def positions(table: nn.Embedding, tokens: torch.Tensor, from_start: bool) -> torch.Tensor:
+    """Position embeddings of left-padded token rows ``(B, L)``: ``(B, L, d)`` counted from the oldest
+    visible item (``from_start``, RecBole's: a prefix's items sit at the same positions in a window as when
+    the prefix is scored alone) or ``(1, L, d)`` from the latest (the last slot is always the latest item)."""
+    L = tokens.shape[1]
+    if from_start:
+        first = (tokens == PAD).sum(1, keepdim=True)
+        return table((torch.arange(L, device=tokens.device)[None] - first).clamp(min=0))
+    return table.weight[-L:][None]
+
+
 class CausalTransformer(nn.Module):
     """SASRec's encoder: learned positions, ``n_layers`` causal self-attention blocks, last position out.
 
@@ -78,12 +89,7 @@ class CausalTransformer(nn.Module):
     def forward(self, x: torch.Tensor, tokens: torch.Tensor, *, all_positions: bool = False) -> torch.Tensor:
         """``x``: item inputs ``(B, L, d)``; ``tokens``: the padded token ids ``(B, L)`` (0 = padding)."""
         B, L, _ = x.shape
-        if self.from_start:  # left padding: the first item of a row has position 0
-            first = (tokens == PAD).sum(1, keepdim=True)
-            pos = self.position((torch.arange(L, device=x.device)[None] - first).clamp(min=0))
-        else:
-            pos = self.position.weight[-L:][None]
-        h = self.dropout(self.norm_in(x + pos))
+        h = self.dropout(self.norm_in(x + positions(self.position, tokens, self.from_start)))
         keep = (tokens != PAD).unsqueeze(-1)
         h = h * keep
         blocked = self.causal[-L:, -L:][None] | (tokens == PAD)[:, None, :]  # (B, L, L)

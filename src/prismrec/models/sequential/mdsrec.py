@@ -51,6 +51,7 @@ from ...search_space import LEARNING_RATE, Choice, FloatRange, IntRange
 from ..base import MODELS, Batch
 from ..layers import UniformDropout
 from .base import PAD, SequentialConfig, SequentialRecommender
+from .layers import positions
 
 log = logging.getLogger("prismrec")
 
@@ -226,6 +227,8 @@ class Block(nn.Module):
     block's input sequence: ``Q_c = LN1(C); C <- FFN(Q_c + MHA(Q_c, X, X))`` (no LN2, as in the code).
     ``mask`` is additive, ``(B x heads, queries, keys)``, ``-inf`` = not attended: :meth:`MDSRec._masks` builds it
     once per forward pass (what ``nn.MultiheadAttention`` would make of a boolean mask in every call).
+    :meth:`centres_per_position` is the same centre update for one set of centres per position (window
+    training), its attention written out (:meth:`attention`).
     """
 
     def __init__(self, dim: int, n_heads: int, dropout: float, drop: type[nn.Dropout] = nn.Dropout):
@@ -247,6 +250,30 @@ class Block(nn.Module):
 
     def centres(self, c: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         y = self.attend(c, x, mask)
+        return y + self.ff(y)
+
+    def attention(self, q: torch.Tensor, x: torch.Tensor, blocked: torch.Tensor, drop: nn.Module) -> torch.Tensor:
+        """``self.attn(q, x, x)`` with its weights, written out: ``blocked`` is boolean ``(B, queries, keys)``,
+        shared by the heads (no per-head copy of a mask that has ``L x K`` query rows), and the attention
+        weights are dropped out by ``drop`` (the model's dropout masks) at the attention's rate."""
+        B, Q, d = q.shape
+        h = self.n_heads
+        w_q, w_k, w_v = self.attn.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.attn.in_proj_bias.chunk(3)
+
+        def heads(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return nn.functional.linear(t, w, b).view(B, t.shape[1], h, d // h).transpose(1, 2)
+        scores = heads(q, w_q, b_q) @ heads(x, w_k, b_k).transpose(2, 3) * (d // h) ** -0.5
+        weights = torch.softmax(scores.masked_fill_(blocked[:, None], float("-inf")), dim=-1)
+        if self.training and self.attn.dropout > 0:
+            weights = drop(weights)
+        out = (weights @ heads(x, w_v, b_v)).transpose(1, 2).reshape(B, Q, d)
+        return self.attn.out_proj(out)
+
+    def centres_per_position(self, c: torch.Tensor, x: torch.Tensor, blocked: torch.Tensor,
+                             drop: nn.Module) -> torch.Tensor:
+        q = self.ln1(c)
+        y = q + self.attention(q, x, blocked, drop)
         return y + self.ff(y)
 
 
@@ -294,11 +321,23 @@ class MDSRec(SequentialRecommender):
         share_layers: bool = Field(True, description="one block stack for every branch and the centres (code)")
         modalities: list[str] | None = Field(None, description="modalities used as branches; None = all")
         graph_backend: Literal["auto", "torch", "faiss", "ivf"] = Field("auto", description="kNN search backend")
+        positions: Literal["from_end", "from_start"] = Field(
+            "from_end", description="position embeddings counted from the latest item (ours) or from the oldest "
+                                    "visible item (RecBole's; with training_samples: windows, window training then "
+                                    "equals prefix training)")
+        training_samples: Literal["prefixes", "windows"] = Field(
+            "prefixes", description="one sample per prefix (RecBole's augmentation, the code's) or windows of "
+                                    "max_len + 1 items trained at every position in one pass, each position with "
+                                    "its own centres (the same prefixes, ~3x cheaper on long histories)")
 
     min_modalities = 1
-    # The centres attend to the whole input sequence, so in a window the centre term of position t would
-    # see items after t: training uses one sample per prefix (as the official RecBole setup) instead.
-    causal = False
+    # encode_positions gives every position the centres of its own prefix (Eq. 9 with the keys after the
+    # position masked), so it is causal; windows are still opt-in (training_samples), the code trains on prefixes
+    causal = True
+
+    @property
+    def window_training(self) -> bool:
+        return self.config.training_samples == "windows"
 
     def __init__(self, config: MDSRec.Config, data: TrainingData):
         super().__init__(config, data)
@@ -404,40 +443,55 @@ class MDSRec(SequentialRecommender):
             scale[ID] = self.dim ** self.config.id_input_exponent
         return {b: scale[b] * t[b][idx] * keep for b in self.branches}
 
-    def _masks(self, seqs: torch.Tensor, n_centres: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def _masks(self, seqs: torch.Tensor, n_centres: int, dtype: torch.dtype,
+               per_position: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Additive attention masks, one row block per head (``-inf`` = not attended): sequence
         ``(B x heads, L, L)`` (causal + padded keys; a position always sees itself, so no row is empty) and
-        centres ``(B x heads, K, L)`` (``center_mask``)."""
+        centres ``(B x heads, K, L)`` (``center_mask``), the centres of the whole sequence; or ``per_position``
+        one set of centres per position ``t`` that sees only the keys up to ``t``, i.e. the centres of the
+        prefix ending at ``t``: a boolean ``(B, L x K, L)``, ``True`` = not attended, shared by the heads."""
         B, L = seqs.shape
         pad = seqs == PAD
+        ar = torch.arange(L, device=seqs.device)
         eye = torch.eye(L, dtype=torch.bool, device=seqs.device)
         seq_blocked = (self.causal_mask[-L:, -L:][None] | pad[:, None, :]) & ~eye[None]
-        cen_blocked = pad[:, None, :].expand(B, n_centres, L).clone()
+        query_pos = ar if per_position else ar[-1:]                          # (T,) the prefix end of each set
+        after = ar[None, :] > query_pos[:, None]                             # (T, L) keys after the prefix end
+        cen_blocked = (pad[:, None, None, :] | after[None, :, None, :]).expand(B, len(query_pos), n_centres, L).clone()
         if self.config.center_mask == "official_tril":
             start = L - (~pad).sum(1, keepdim=True)                          # first item of each sequence
-            rel = torch.arange(L, device=seqs.device)[None] - start          # item index from the start
-            cen_blocked |= rel[:, None, :] > torch.arange(n_centres, device=seqs.device)[None, :, None]
-        empty = cen_blocked.all(-1)
-        cen_blocked[..., -1] &= ~empty                                       # an empty session: its last slot
+            rel = ar[None] - start                                           # item index from the start
+            cen_blocked |= rel[:, None, None, :] > torch.arange(n_centres, device=seqs.device)[None, None, :, None]
+        empty = cen_blocked.all(-1)                                          # an empty prefix (or a padded
+        own = query_pos[:, None] == ar[None, :]                              # position): its own slot
+        cen_blocked &= ~(empty[..., None] & own[None, :, None, :])
+        cen_blocked = cen_blocked.reshape(B, len(query_pos) * n_centres, L)
         heads = self.config.n_heads
 
         def additive(blocked: torch.Tensor) -> torch.Tensor:
             mask = torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill_(blocked, float("-inf"))
             return mask.repeat_interleave(heads, 0)
-        return additive(seq_blocked), additive(cen_blocked)
+        # per position the centre mask stays boolean and shared by the heads (Block.attention)
+        return additive(seq_blocked), cen_blocked if per_position else additive(cen_blocked)
 
-    def _branch_outputs(self, parts: dict[str, torch.Tensor], seqs: torch.Tensor,
-                        tables: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Fused ``(B, L, d)`` (Eq. 11) and per-modality ``F_m`` ``(B, L, d)`` (Eq. 10) at every position."""
+    def _branch_outputs(self, parts: dict[str, torch.Tensor], seqs: torch.Tensor, tables: dict[str, torch.Tensor],
+                        per_position: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Fused ``(B, L, d)`` (Eq. 11) and per-modality ``F_m`` ``(B, L, d)`` (Eq. 10) at every position.
+
+        The centres (Eq. 5-7, 9) are those of the whole sequence, which is exact at the last position; with
+        ``per_position`` every position ``t`` gets its own centre states (``(B, L x K, d)``, their own dropout),
+        which attend only to the items up to ``t``: ``F_m`` at ``t`` is then exactly ``F_m`` of the prefix that
+        ends at ``t`` (with ``positions: from_start``), so a window trains every prefix in one pass."""
         B, L = seqs.shape
         keep = (seqs != PAD).unsqueeze(-1).to(parts[self.branches[0]].dtype)
-        pos = self.position.weight[-L:][None]
+        pos = positions(self.position, seqs, self.config.positions == "from_start")
+        T = L if per_position else 1                                            # centre sets per sequence
         fused, per_mod = 0.0, {}
         masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}                # by number of centres
 
         def masks_for(n_centres: int) -> tuple[torch.Tensor, torch.Tensor]:
             if n_centres not in masks:
-                masks[n_centres] = self._masks(seqs, n_centres, keep.dtype)
+                masks[n_centres] = self._masks(seqs, n_centres, keep.dtype, per_position)
             return masks[n_centres]
         for i, b in enumerate(self.branches):
             stack = self.stacks[0 if len(self.stacks) == 1 else i]
@@ -449,28 +503,33 @@ class MDSRec(SequentialRecommender):
                 fused = fused + self.config.id_weight * x
                 continue
             z = tables[f"centres:{b}"]
-            seq_blocked, cen_blocked = masks_for(len(z))
-            c = self.dropout((self.dim ** 0.5 * z).expand(B, -1, -1))       # Eq. 6, centres
-            logits = x @ c.transpose(1, 2)                                    # Eq. 7 (layer-0 inputs)
-            if self.training and self.config.assign == "gumbel":
+            K = len(z)
+            seq_blocked, cen_blocked = masks_for(K)
+            c = self.dropout((self.dim ** 0.5 * z).expand(B, T, -1, -1))    # Eq. 6, centres (B, T, K, d)
+            logits = (x.unsqueeze(2) @ c.transpose(2, 3)).squeeze(2) if per_position else x @ c[:, 0].transpose(1, 2)
+            if self.training and self.config.assign == "gumbel":            # Eq. 7 (layer-0 inputs), (B, L, K)
                 g = nn.functional.gumbel_softmax(logits, tau=1.0, hard=False)
             else:
                 g = torch.softmax(logits, dim=-1)
+            c = c.reshape(B, T * K, -1)
             for block in stack:                                               # Eq. 8-9
-                c, x = block.centres(c, x, cen_blocked), block.sequence(x, seq_blocked, keep)
-            per_mod[b] = self.norm_out(x + g @ c)                            # Eq. 10
+                c = (block.centres_per_position(c, x, cen_blocked, self.dropout) if per_position
+                     else block.centres(c, x, cen_blocked))
+                x = block.sequence(x, seq_blocked, keep)
+            centre_term = ((g.unsqueeze(2) @ c.view(B, L, K, -1)).squeeze(2) if per_position else g @ c)
+            per_mod[b] = self.norm_out(x + centre_term)                       # Eq. 10
             fused = fused + self.weights[b] * x
         return self.norm_out(fused), per_mod                                  # Eq. 11
 
     def _heads(self, parts: dict[str, torch.Tensor], seqs: torch.Tensor, tables: dict[str, torch.Tensor], *,
                all_positions: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        # Columns that are padding in every row are cut first: positions count from the end and padded keys
+        # Columns that are padding in every row are cut first: positions do not depend on them and padded keys
         # are masked, so the outputs are unchanged, and short prefixes (most of them) cost far less.
         used = (seqs != PAD).any(0)
         cut = int(used.to(torch.int8).argmax()) if bool(used.any()) else seqs.shape[1] - 1
         if cut:
             seqs, parts = seqs[:, cut:], {k: v[:, cut:] for k, v in parts.items()}
-        fused, per_mod = self._branch_outputs(parts, seqs, tables)
+        fused, per_mod = self._branch_outputs(parts, seqs, tables, per_position=all_positions)
         if all_positions:
             keep = (seqs != PAD).unsqueeze(-1).to(fused.dtype)
             back = [0, 0, cut, 0]
@@ -480,21 +539,24 @@ class MDSRec(SequentialRecommender):
 
     def encode_parts(self, parts: dict[str, torch.Tensor], seqs: torch.Tensor, *,
                      all_positions: bool = False) -> torch.Tensor:
-        """``[u | w_1 u_1 | ... | w_M u_M]`` ``((B, (M + 1) d)``; ``(B, L, .)`` with ``all_positions``, where
-        the centre term of a position uses the whole sequence). Its dot product with
-        :meth:`item_embeddings` is the score of Eq. 12."""
+        """``[u | w_1 u_1 | ... | w_M u_M]`` ``((B, (M + 1) d)``; ``(B, L, .)`` with ``all_positions``, each
+        position with the centres of its own prefix). Its dot product with :meth:`item_embeddings` is the
+        score of Eq. 12."""
         u, per_mod = self._heads(parts, seqs, self.tables(), all_positions=all_positions)
         return torch.cat([u, *(self.weights[m] * per_mod[m] for m in self.names)], dim=-1)
 
     # training -------------------------------------------------------------------------------------
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Eq. 13: ``CE(u E^T) + sum_m w_m CE(u_m H_m^T)`` at the last position of each prefix (full softmax,
-        or sampled softmax per head with ``loss_type: sampled``)."""
+        """Eq. 13: ``CE(u E^T) + sum_m w_m CE(u_m H_m^T)`` at the last position of each prefix, or at every
+        position of a window (``training_samples: windows``; full softmax, or sampled softmax per head with
+        ``loss_type: sampled``)."""
         seqs, targets = batch["seqs"], batch["targets"]
-        if targets.dim() != 1:
-            raise ValueError("mdsrec trains on prefixes (one target per sequence), not on windows")
         t = self.tables()
-        u, per_mod = self._heads(self.input_parts(seqs, t), seqs, t)
+        windows = targets.dim() == 2
+        u, per_mod = self._heads(self.input_parts(seqs, t), seqs, t, all_positions=windows)
+        if windows:                                                           # targets -1 on padding
+            keep = targets >= 0
+            u, per_mod, targets = u[keep], {m: f[keep] for m, f in per_mod.items()}, targets[keep]
         out = {"loss_fused": self.logits_loss(u, targets, t["E"])}
         total = out["loss_fused"]
         for m in self.names:
