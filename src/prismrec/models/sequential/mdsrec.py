@@ -227,8 +227,8 @@ class Block(nn.Module):
     block's input sequence: ``Q_c = LN1(C); C <- FFN(Q_c + MHA(Q_c, X, X))`` (no LN2, as in the code).
     ``mask`` is additive, ``(B x heads, queries, keys)``, ``-inf`` = not attended: :meth:`MDSRec._masks` builds it
     once per forward pass (what ``nn.MultiheadAttention`` would make of a boolean mask in every call).
-    :meth:`centres_per_position` is the same centre update for one set of centres per position (window
-    training), its attention written out (:meth:`attention`).
+    With ``drop`` (one set of centres per position, window training) the centre update's attention is
+    written out (:meth:`attention`).
     """
 
     def __init__(self, dim: int, n_heads: int, dropout: float, drop: type[nn.Dropout] = nn.Dropout):
@@ -240,16 +240,22 @@ class Block(nn.Module):
                                 drop(dropout))
         self.n_heads = n_heads
 
-    def attend(self, queries: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def attend(self, queries: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
+               drop: nn.Module | None = None) -> torch.Tensor:
+        """``Q + MHA(Q, X, X)``, ``Q = LN1(queries)``: through ``nn.MultiheadAttention`` (additive ``mask``), or
+        with ``drop`` through :meth:`attention` (boolean ``mask``)."""
         q = self.ln1(queries)
+        if drop is not None:
+            return q + self.attention(q, x, mask, drop)
         return q + self.attn(q, x, x, attn_mask=mask, need_weights=False)[0]
 
     def sequence(self, x: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         y = self.ln2(self.attend(x, x, mask))
         return (y + self.ff(y)) * keep
 
-    def centres(self, c: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        y = self.attend(c, x, mask)
+    def centres(self, c: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
+                drop: nn.Module | None = None) -> torch.Tensor:
+        y = self.attend(c, x, mask, drop)
         return y + self.ff(y)
 
     def attention(self, q: torch.Tensor, x: torch.Tensor, blocked: torch.Tensor, drop: nn.Module) -> torch.Tensor:
@@ -269,12 +275,6 @@ class Block(nn.Module):
             weights = drop(weights)
         out = (weights @ heads(x, w_v, b_v)).transpose(1, 2).reshape(B, Q, d)
         return self.attn.out_proj(out)
-
-    def centres_per_position(self, c: torch.Tensor, x: torch.Tensor, blocked: torch.Tensor,
-                             drop: nn.Module) -> torch.Tensor:
-        q = self.ln1(c)
-        y = q + self.attention(q, x, blocked, drop)
-        return y + self.ff(y)
 
 
 @MODELS.register("mdsrec")
@@ -328,7 +328,8 @@ class MDSRec(SequentialRecommender):
         training_samples: Literal["prefixes", "windows"] = Field(
             "prefixes", description="one sample per prefix (RecBole's augmentation, the code's) or windows of "
                                     "max_len + 1 items trained at every position in one pass, each position with "
-                                    "its own centres (the same prefixes, ~3x cheaper on long histories)")
+                                    "its own centres (the same forward pass; ~6x cheaper per epoch on MovieLens-1M, but "
+                                    "lower results on scientific_mm: docs/models/mdsrec.md)")
 
     min_modalities = 1
     # encode_positions gives every position the centres of its own prefix (Eq. 9 with the keys after the
@@ -513,8 +514,7 @@ class MDSRec(SequentialRecommender):
                 g = torch.softmax(logits, dim=-1)
             c = c.reshape(B, T * K, -1)
             for block in stack:                                               # Eq. 8-9
-                c = (block.centres_per_position(c, x, cen_blocked, self.dropout) if per_position
-                     else block.centres(c, x, cen_blocked))
+                c = block.centres(c, x, cen_blocked, self.dropout if per_position else None)
                 x = block.sequence(x, seq_blocked, keep)
             centre_term = ((g.unsqueeze(2) @ c.view(B, L, K, -1)).squeeze(2) if per_position else g @ c)
             per_mod[b] = self.norm_out(x + centre_term)                       # Eq. 10
