@@ -176,6 +176,10 @@ def test_two_workers_on_one_journal_never_run_the_same_trial(mmrec_folder, tmp_p
     for p in procs:
         assert p.wait(timeout=120) == 0, (tmp_path / "worker-0.err").read_text()[-2000:]
     _check_two_workers(out, log, 6)
+    once = tmp_path / "once"  # the two workers tried the settings one process would have tried
+    write_spec(once, spec_for(once, folder, trials=6))
+    run_worker(once)
+    assert sorted(drawn(out)) == sorted(drawn(once))
 
 
 def test_a_study_resumes_after_sigkill_of_a_worker(mmrec_folder, tmp_path, monkeypatch):
@@ -202,6 +206,11 @@ def test_a_study_resumes_after_sigkill_of_a_worker(mmrec_folder, tmp_path, monke
     assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == failed.params
     runs = [json.loads(line) for line in log.read_text().splitlines()]
     assert any(r["dir"] == f"trial-{failed.number:04d}" and r["resume"] for r in runs)  # continued, not restarted
+    # the kill changed nothing in what was tried: the settings of the same study run once in one process
+    once = tmp_path / "once"
+    write_spec(once, spec_for(once, folder, trials=4))
+    run_worker(once)
+    assert drawn(out) == drawn(once)
 
 
 def test_two_workers_share_one_postgresql_study(mmrec_folder, tmp_path, postgres_url):
@@ -318,17 +327,42 @@ def test_a_study_saved_before_a_new_setting_existed_still_resumes(mmrec_folder, 
     assert len(res.trials) == 2
 
 
-def test_a_resumed_study_does_not_draw_its_earlier_settings_again(mmrec_folder, tmp_path, monkeypatch):
-    """TPE's random start-up draws come from a seeded stream; a resumed study must not restart it (it would
-    spend its budget on settings it has already tried)."""
+def drawn(res_or_out) -> list[tuple]:
+    """The settings a study drew (queued trials and retries left out), in trial order."""
+    st = open_study(load_spec(res_or_out))
+    return [tuple(sorted(t.params.items())) for t in st.get_trials(deepcopy=False)
+            if not ({"fixed_params", "failed_trial"} & t.system_attrs.keys()) and t.params]
+
+
+def test_the_start_up_draws_are_optunas_own_tpe_draws(mmrec_folder, tmp_path, monkeypatch):
+    """An uninterrupted one-process study draws what Optuna's TPESampler(seed) draws (tables measured before the
+    draws were numbered keep their settings)."""
+    folder, _ = mmrec_folder
+    monkeypatch.setattr(study_module, "train_run", make_fake())
+    space = {"reg_type": None, "reg_weight": None, "learning_rate": FloatRange(1e-4, 1e-2, True),
+             "n_layers": Choice((1, 2, 3, 4))}
+    out = tmp_path / "u"
+    tune_study("lightgcn", str(folder), out, space=space, trials=5, final_seeds=(), prune=False)
+    plain = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(
+        seed=0, constant_liar=True, n_startup_trials=study_module.TPE_STARTUP))
+    plain.optimize(lambda t: (t.suggest_float("train.learning_rate", 1e-4, 1e-2, log=True),
+                              t.suggest_categorical("n_layers", [1, 2, 3, 4]))[0], n_trials=5)
+    assert drawn(out) == [tuple(sorted(t.params.items())) for t in plain.trials]
+
+
+def test_a_resumed_study_draws_what_an_uninterrupted_one_draws(mmrec_folder, tmp_path, monkeypatch):
+    """TPE's random start-up draws are numbered: a study stopped after 2 trials and resumed to 5 tries the same
+    five settings as one run to 5 at once (and never an earlier setting again)."""
     folder, _ = mmrec_folder
     monkeypatch.setattr(study_module, "train_run", make_fake())
     space = {"reg_type": None, "learning_rate": FloatRange(1e-4, 1e-2, True)}
-    out = tmp_path / "r"
-    tune_study("lightgcn", str(folder), out, space=space, trials=2, final_seeds=(), prune=False)
-    res = tune_study("lightgcn", str(folder), out, space=space, trials=4, final_seeds=(), prune=False)
+    kw = dict(space=space, final_seeds=(), prune=False)
+    tune_study("lightgcn", str(folder), tmp_path / "once", trials=5, **kw)
+    tune_study("lightgcn", str(folder), tmp_path / "r", trials=2, **kw)
+    res = tune_study("lightgcn", str(folder), tmp_path / "r", trials=5, **kw)
     lrs = res.trials["param_train.learning_rate"].round(12).tolist()
-    assert len(lrs) == 4 and len(set(lrs)) == 4, lrs
+    assert len(lrs) == 5 and len(set(lrs)) == 5, lrs
+    assert drawn(tmp_path / "r") == drawn(tmp_path / "once")
 
 
 def test_the_pruning_warmup_defaults_to_the_patience_and_a_resume_keeps_its_own(mmrec_folder, tmp_path, monkeypatch):

@@ -290,6 +290,20 @@ def encode_params(space: Mapping[str, Dist], point: Mapping[str, Any]) -> dict[s
     return {k: space[k].encode(v) if isinstance(space.get(k), Choice) else v for k, v in point.items()}
 
 
+def random_numbers_per_draw(space: Mapping[str, Dist]) -> int:
+    """Uniform numbers Optuna's ``RandomSampler`` takes to draw one setting of ``space``: one per range, one per
+    option of a choice (it draws a one-hot vector and takes the largest), none for a key with one value (a float
+    range ``low == high`` is not asked by :func:`suggest`; a one-value range or choice is fixed by Optuna).
+    ``tests/test_tune_optuna.py`` checks the count against Optuna's own draws."""
+    def numbers(d: Dist) -> int:
+        if isinstance(d, FloatRange):
+            return int(d.low < d.high)
+        if isinstance(d, IntRange):
+            return int(d.low < d.high if d.log else len(d.values()) > 1)
+        return len(d.labels()) if len(d.labels()) > 1 else 0
+    return sum(numbers(d) for d in space.values())
+
+
 def grid_values(space: Mapping[str, Dist]) -> dict[str, list[Any]]:
     """The finite values of every key (choices, integer ranges) for a grid; float ranges cannot be gridded."""
     out = {}

@@ -38,8 +38,9 @@ from typing import Any, Callable, Mapping, Sequence
 from .config import merge_overrides, parse_overrides
 from .errors import ConfigError, PrismrecError
 from .runs import METRICS_FILE, build_config, train_run
-from .search_space import (Dist, applicable_space, decode_params, describe_space, encode_params, grid_values,
-                           model_space, parse_dist, suggest, to_yaml)
+from .search_space import (Dist, applicable_space, decode_params, describe_space, encode_params,
+                           grid_values, model_space, parse_dist, random_numbers_per_draw, suggest,
+                           to_yaml)
 from .utils.io import read_json, write_json, write_text
 
 log = logging.getLogger("prismrec")
@@ -153,28 +154,70 @@ def make_storage(storage: str):
 def open_study(spec: StudySpec, worker_id: int = 0):
     """The study in its storage (created on first use), with this worker's sampler and the pruner.
 
-    The sampler's seed is ``sampler_seed + worker_id`` for a study that has no trial yet. A study opened again
-    (resumed, or a worker joining late) continues from a different stream, ``+ 7919 x trials so far``: the
-    same seed would restart TPE's random start-up draws and spend the budget on settings already tried.
+    TPE's random start-up draws are numbered (:func:`indexed_tpe_sampler`): the k-th trial that draws a setting
+    gets the k-th draw of the ``sampler_seed`` stream in every process, so a resumed study or one shared by
+    several workers tries what the same study run once in one process would. After the start-up trials, TPE's
+    own stream is seeded ``sampler_seed + worker_id`` in a study that has no trial yet, and from a different
+    stream (``+ 7919 x trials so far``) in one opened again (resumed, or a worker joining late).
     """
     optuna = require_optuna()
 
-    def sampler_for(seed: int):
-        if spec.sampler == "grid":
-            return optuna.samplers.GridSampler(grid_values(spec.space), seed=seed)
-        if spec.sampler == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=TPE_STARTUP)
-        raise ConfigError(f"unknown sampler {spec.sampler!r}; use tpe or grid.")
-
-    seed = spec.sampler_seed + worker_id  # a different seed per worker: workers do not draw the same settings
+    seed = spec.sampler_seed + worker_id
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=spec.prune_startup, n_warmup_steps=spec.prune_warmup)
               if spec.prune else optuna.pruners.NopPruner())
     study = optuna.create_study(study_name=spec.study_name, storage=make_storage(spec.storage),
-                                sampler=sampler_for(seed), pruner=pruner, direction="maximize", load_if_exists=True)
+                                pruner=pruner, direction="maximize", load_if_exists=True)
     so_far = len(study.get_trials(deepcopy=False))
-    if so_far:
-        study.sampler = sampler_for(seed + 7919 * so_far)
+    if spec.sampler == "grid":
+        study.sampler = optuna.samplers.GridSampler(grid_values(spec.space), seed=seed + 7919 * so_far)
+    elif spec.sampler == "tpe":
+        study.sampler = indexed_tpe_sampler(spec.sampler_seed, random_numbers_per_draw(spec.space),
+                                            seed + 7919 * so_far)
+    else:
+        raise ConfigError(f"unknown sampler {spec.sampler!r}; use tpe or grid.")
     return study
+
+
+def indexed_tpe_sampler(seed: int, numbers: int, tpe_seed: int):
+    """Optuna's TPE (``constant_liar``) with numbered random start-up draws: the k-th trial of a study that
+    draws its setting (not queued, not a retry, not refused for the budget) gets the k-th setting of the one
+    ``seed`` stream, whichever process draws it and whenever.
+
+    Optuna's random sampler takes ``numbers`` uniform numbers per setting
+    (:func:`~prismrec.search_space.random_numbers_per_draw`), so draw ``k`` is a fresh ``RandomSampler(seed)``
+    that first spends ``k x numbers`` of them: the settings of an uninterrupted
+    one-process study are those of Optuna's own TPE start-up, and a killed-and-resumed study, or one shared by
+    several workers, draws the same ones. Once ``TPE_STARTUP`` trials are complete or pruned (TPE's rule), TPE
+    models the results with its own stream, seeded ``tpe_seed``."""
+    optuna = require_optuna()
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState
+
+    class IndexedStartupTPESampler(optuna.samplers.TPESampler):
+        def __init__(self) -> None:
+            super().__init__(seed=tpe_seed, constant_liar=True, n_startup_trials=TPE_STARTUP)
+            self._draw: tuple[int, Any] | None = None  # (trial number, its random sampler)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            if len(finished) >= TPE_STARTUP:
+                return super().sample_independent(study, trial, param_name, param_distribution)
+            if self._draw is None or self._draw[0] != trial.number:
+                stream, one = optuna.samplers.RandomSampler(seed=seed), FloatDistribution(0.0, 1.0)
+                for _ in range(numbers * _draws_before(study, trial.number)):  # one uniform number each
+                    stream.sample_independent(study, trial, "skip", one)
+                self._draw = (trial.number, stream)
+            return self._draw[1].sample_independent(study, trial, param_name, param_distribution)
+
+    return IndexedStartupTPESampler()
+
+
+def _draws_before(study, number: int) -> int:
+    """Trials numbered below ``number`` that drew their setting: not queued (defaults and retries carry
+    ``fixed_params``), not a storage's heartbeat retry (``failed_trial``), not refused for the budget."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.number < number and not ({"fixed_params", "failed_trial"} & t.system_attrs.keys())
+               and not t.user_attrs.get("over_budget"))
 
 
 # ------------------------------------------------------------------------------------------- workers
