@@ -331,7 +331,7 @@ def drawn(res_or_out) -> list[tuple]:
     """The settings a study drew (queued trials and retries left out), in trial order."""
     st = open_study(load_spec(res_or_out))
     return [tuple(sorted(t.params.items())) for t in st.get_trials(deepcopy=False)
-            if not ({"fixed_params", "failed_trial"} & t.system_attrs.keys()) and t.params]
+            if study_module.drew_its_setting(t) and t.params]
 
 
 def test_the_start_up_draws_are_optunas_own_tpe_draws(mmrec_folder, tmp_path, monkeypatch):

@@ -212,12 +212,16 @@ def indexed_tpe_sampler(seed: int, numbers: int, tpe_seed: int):
     return IndexedStartupTPESampler()
 
 
-def _draws_before(study, number: int) -> int:
-    """Trials numbered below ``number`` that drew their setting: not queued (defaults and retries carry
+def drew_its_setting(trial) -> bool:
+    """True for a trial whose setting came from the sampler: not queued (defaults and retries carry
     ``fixed_params``), not a storage's heartbeat retry (``failed_trial``), not refused for the budget."""
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.number < number and not ({"fixed_params", "failed_trial"} & t.system_attrs.keys())
-               and not t.user_attrs.get("over_budget"))
+    queued = {"fixed_params", "failed_trial"} & trial.system_attrs.keys()
+    return not queued and not trial.user_attrs.get("over_budget")
+
+
+def _draws_before(study, number: int) -> int:
+    """Trials numbered below ``number`` that drew their setting (:func:`drew_its_setting`)."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.number < number and drew_its_setting(t))
 
 
 # ------------------------------------------------------------------------------------------- workers
