@@ -21,7 +21,7 @@ optuna = pytest.importorskip("optuna", reason="optuna is not installed (pip inst
 
 from prismrec import study as study_module  # noqa: E402
 from prismrec.search_space import Choice, FloatRange, IntRange, model_space, parse_space  # noqa: E402
-from prismrec.study import StudySpec, load_spec, open_study, run_worker, tune_study, write_spec  # noqa: E402
+from prismrec.study import StudySpec, load_spec, open_study, run_worker, study_status, tune_study, write_spec  # noqa: E402
 
 from conftest import cli_env  # noqa: E402
 
@@ -250,6 +250,41 @@ def test_status_of_a_compare_folder_lists_every_entry(mmrec_folder, tmp_path, mo
     text = "\n".join(printed)
     assert text.count("trials: 2 complete") == 2
     assert "lightgcn: study" in text and "lightgcn_n_layers=1: study" in text
+
+
+def test_a_study_folder_names_its_own_journal_from_any_folder_and_after_a_move(mmrec_folder, tmp_path, monkeypatch):
+    """A study started with a relative --out is read from another working folder and after its folder is moved:
+    status, a joining worker and a resume all open that folder's journal (never a new, empty one elsewhere)."""
+    folder, _ = mmrec_folder
+    monkeypatch.setattr(study_module, "train_run", make_fake())
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    tune_study("lightgcn", str(folder), Path("s"), space={"reg_type": None}, trials=2, final_seeds=(), prune=False)
+    assert json.loads((tmp_path / "a" / "s" / "study.json").read_text())["storage"] == ""
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "b")
+    assert study_status(tmp_path / "a" / "s")["complete"] == 2
+    (tmp_path / "a" / "s").rename(tmp_path / "moved")
+    assert study_status(tmp_path / "moved")["complete"] == 2
+    tune_study("lightgcn", str(folder), tmp_path / "moved", space={"reg_type": None}, trials=3, final_seeds=(),
+               prune=False)  # a resume from here adds one trial to the moved study
+    assert study_status(tmp_path / "moved")["complete"] == 3
+    assert not list((tmp_path / "b").rglob("study.journal")) and not (tmp_path / "a" / "s").exists()
+
+
+def test_a_study_json_written_with_a_relative_journal_path_still_opens_its_own_journal(mmrec_folder, tmp_path,
+                                                                                          monkeypatch):
+    """study.json files written before 2026-12-05 recorded the default journal relative to where the study was
+    started; read from elsewhere, that path names this folder's journal."""
+    folder, _ = mmrec_folder
+    monkeypatch.setattr(study_module, "train_run", make_fake())
+    out = tmp_path / "s"
+    tune_study("lightgcn", str(folder), out, space={"reg_type": None}, trials=2, final_seeds=(), prune=False)
+    old = json.loads((out / "study.json").read_text())
+    (out / "study.json").write_text(json.dumps({**old, "storage": "bench_out/x/s/study.journal"}))
+    monkeypatch.chdir(tmp_path)
+    assert load_spec(out).storage == str((out / "study.journal").resolve())
+    assert study_status(out)["complete"] == 2 and not (tmp_path / "bench_out").exists()
 
 
 def test_protocol_line_says_when_a_tpe_budget_is_only_random_draws():

@@ -122,7 +122,27 @@ def tpe_startup_note(trials: int | None) -> str:
 
 
 def storage_url(storage: str | None, out: Path) -> str:
-    return str(storage) if storage else str(out / JOURNAL_FILE)
+    """The storage a study uses: a database URL as given, a journal file as an absolute path (a worker started
+    from another folder must find the same study), by default the study folder's own ``study.journal``."""
+    if storage and is_database(str(storage)):
+        return str(storage)
+    return str(Path(storage or Path(out) / JOURNAL_FILE).resolve())
+
+
+def recorded_storage(storage: str, out: Path) -> str:
+    """How study.json records the storage: ``""`` for the folder's own journal (so that the folder can be moved or
+    read from anywhere and still name its own study), else the URL or the journal's absolute path."""
+    return "" if storage == storage_url(None, out) else storage
+
+
+def stored_storage(recorded: str, out: Path) -> str:
+    """The storage a study.json names, resolved against its folder. Files written before 2026-12-05 recorded the
+    default journal by a path relative to where the study was started: a relative path to a ``study.journal``
+    is this folder's own journal when the folder holds one."""
+    if not recorded or (not is_database(recorded) and not Path(recorded).is_absolute()
+                        and Path(recorded).name == JOURNAL_FILE and (Path(out) / JOURNAL_FILE).is_file()):
+        return storage_url(None, out)
+    return storage_url(recorded, out)
 
 
 def is_database(storage: str) -> bool:
@@ -380,13 +400,16 @@ def load_spec(out: Path) -> StudySpec:
     p = Path(out) / STUDY_FILE
     if not p.is_file():
         raise PrismrecError(f"{out} holds no study ({STUDY_FILE}). Fix: pass the --out folder of a prismrec tune run.")
-    return StudySpec.from_json(read_json(p))
+    spec = StudySpec.from_json(read_json(p))
+    spec.storage = stored_storage(spec.storage, Path(out))
+    return spec
 
 
 def write_spec(out: Path, spec: StudySpec) -> None:
     """Write study.json; a study resumed with other search settings is refused (its trials would mix)."""
     p = out / STUDY_FILE
     new = spec.to_json()
+    new["storage"] = recorded_storage(spec.storage, out)
     if p.is_file():
         old = read_json(p)
         keep = ("trials", "timeout", "storage")  # the budget may grow on resume; storage is per call
@@ -614,7 +637,7 @@ def study_status(out: str | Path, storage: str | None = None) -> dict[str, Any]:
     out = Path(out)
     spec = load_spec(out)
     if storage:
-        spec.storage = storage
+        spec.storage = storage_url(storage, out)
     study = open_study(spec)
     frame = trials_frame(study)
     counts = frame["state"].value_counts().to_dict() if len(frame) else {}
