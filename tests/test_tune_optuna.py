@@ -22,6 +22,7 @@ optuna = pytest.importorskip("optuna", reason="optuna is not installed (pip inst
 from prismrec import study as study_module  # noqa: E402
 from prismrec.search_space import Choice, FloatRange, IntRange, model_space, parse_space  # noqa: E402
 from prismrec.study import StudySpec, load_spec, open_study, run_worker, study_status, tune_study, write_spec  # noqa: E402
+from prismrec.errors import PrismrecError  # noqa: E402
 
 from conftest import cli_env  # noqa: E402
 
@@ -270,6 +271,13 @@ def test_a_study_folder_names_its_own_journal_from_any_folder_and_after_a_move(m
                prune=False)  # a resume from here adds one trial to the moved study
     assert study_status(tmp_path / "moved")["complete"] == 3
     assert not list((tmp_path / "b").rglob("study.journal")) and not (tmp_path / "a" / "s").exists()
+    journal = (tmp_path / "moved" / "study.journal").read_bytes()
+    study_status(tmp_path / "moved")
+    assert (tmp_path / "moved" / "study.journal").read_bytes() == journal  # a status read writes nothing
+    (tmp_path / "moved" / "study.journal").unlink()
+    with pytest.raises(PrismrecError, match="holds no study"):
+        study_status(tmp_path / "moved")
+    assert not (tmp_path / "moved" / "study.journal").exists()
 
 
 def test_a_study_json_written_with_a_relative_journal_path_still_opens_its_own_journal(mmrec_folder, tmp_path,

@@ -171,8 +171,9 @@ def make_storage(storage: str):
     return optuna.storages.JournalStorage(JournalFileBackend(str(storage)))
 
 
-def open_study(spec: StudySpec, worker_id: int = 0):
-    """The study in its storage (created on first use), with this worker's sampler and the pruner.
+def open_study(spec: StudySpec, worker_id: int = 0, *, create: bool = True):
+    """The study in its storage (created on first use; ``create=False``: only read, nothing is written to the
+    storage, an error when it holds no such study), with this worker's sampler and the pruner.
 
     TPE's random start-up draws are numbered (:func:`indexed_tpe_sampler`): the k-th trial that draws a setting
     gets the k-th draw of the ``sampler_seed`` stream in every process, so a resumed study or one shared by
@@ -185,8 +186,18 @@ def open_study(spec: StudySpec, worker_id: int = 0):
     seed = spec.sampler_seed + worker_id
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=spec.prune_startup, n_warmup_steps=spec.prune_warmup)
               if spec.prune else optuna.pruners.NopPruner())
-    study = optuna.create_study(study_name=spec.study_name, storage=make_storage(spec.storage),
-                                pruner=pruner, direction="maximize", load_if_exists=True)
+    missing = (f"{spec.storage} holds no study named {spec.study_name!r}. Fix: pass the --out folder of a prismrec "
+               "tune run (and its --storage, if it was given one).")
+    if not create and not is_database(spec.storage) and not Path(spec.storage).is_file():
+        raise PrismrecError(missing)
+    storage = make_storage(spec.storage)
+    if create:
+        study = optuna.create_study(study_name=spec.study_name, storage=storage, pruner=pruner,
+                                    direction="maximize", load_if_exists=True)
+    elif spec.study_name not in optuna.get_all_study_names(storage):
+        raise PrismrecError(missing)
+    else:
+        study = optuna.load_study(study_name=spec.study_name, storage=storage, pruner=pruner)
     so_far = len(study.get_trials(deepcopy=False))
     if spec.sampler == "grid":
         study.sampler = optuna.samplers.GridSampler(grid_values(spec.space), seed=seed + 7919 * so_far)
@@ -638,7 +649,7 @@ def study_status(out: str | Path, storage: str | None = None) -> dict[str, Any]:
     spec = load_spec(out)
     if storage:
         spec.storage = storage_url(storage, out)
-    study = open_study(spec)
+    study = open_study(spec, create=False)  # a read: the journal is left as it is
     frame = trials_frame(study)
     counts = frame["state"].value_counts().to_dict() if len(frame) else {}
     res: dict[str, Any] = {"study": spec.study_name, "model": spec.model, "storage": spec.storage,
