@@ -125,3 +125,28 @@ def test_an_archived_comparison_is_reused_without_its_weights(folders, tmp_path)
         z1 = load_per_user(restored / "lightgcn" / f"seed-{seed}")
         assert (restored / "lightgcn" / f"seed-{seed}" / PER_USER_FILE).is_file()
         assert all(np.array_equal(z0[k], z1[k]) for k in z0)
+
+
+def test_compare_tune_scores_the_selected_trial_as_its_first_seed_run_instead_of_training_it_again(folders, tmp_path):
+    """The selected trial was trained at the trial seed (the first seed) with the seed runs' inputs: that run is
+    copied, its test set scored with its best weights, and only the other seeds are trained."""
+    from prismrec.runs import PER_USER_FILE, adopt_trained
+    from prismrec.study import load_spec, open_study, best_trial
+
+    a, b = folders
+    out = tmp_path / "cmp"
+    res = compare(["lightgcn"], str(a), out, seeds=[0, 1], overrides=FAST, epochs=3, tune_trials=2)
+    study = open_study(load_spec(out / "lightgcn" / "tune"), create=False)
+    trial_run = out / "lightgcn" / "tune" / "trials" / f"trial-{best_trial(study).number:04d}" / "seed-0"
+    seed0, seed1 = out / "lightgcn" / "seed-0", out / "lightgcn" / "seed-1"
+    # the same training, not a second one: every epoch's row (with its measured seconds) is the trial's
+    assert (seed0 / "history.jsonl").read_text() == (trial_run / "history.jsonl").read_text()
+    assert (seed1 / "history.jsonl").read_text() != (trial_run / "history.jsonl").read_text()
+    m0, mt = (json.loads((d / METRICS_FILE).read_text()) for d in (seed0, trial_run))
+    assert m0["valid"] == mt["valid"] and m0["best_epoch"] == mt["best_epoch"] and mt["test"] == {}
+    assert m0["test"] and (seed0 / PER_USER_FILE).is_file() and not (trial_run / PER_USER_FILE).exists()
+    assert len(res.runs) == 2 and not (seed0.parent / "seed-0.adopting").exists()
+    # a trained run of other inputs (another seed; another data folder) is not adopted
+    assert not adopt_trained(trial_run, tmp_path / "x", "lightgcn", str(a), overrides=FAST, seed=1, epochs=3)
+    assert not adopt_trained(trial_run, tmp_path / "y", "lightgcn", str(b), overrides=FAST, seed=0, epochs=3)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -23,7 +23,8 @@ from .config import Overrides, OverridesLike, merge_overrides, parse_grid, parse
 from .errors import ConfigError
 from .report.paired import paired_over_seeds
 from .report.tables import Table, history_protocol, num, protocol_caption, pvalue, seed_summary_table
-from .runs import METRICS_FILE, PER_USER_FILE, load_per_user, masked_history, reuse_finished, train_run
+from .runs import (METRICS_FILE, PER_USER_FILE, adopt_trained, load_per_user, masked_history, reuse_finished,
+                   train_run)
 from .utils.io import read_json, write_text
 
 ENTRY_RE = re.compile(r"^\s*(?P<model>[A-Za-z0-9_\-]+)\s*(?:\[(?P<settings>.*)\])?\s*$")
@@ -91,7 +92,8 @@ def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *
             config_files: Sequence[str | Path] = (), overrides: OverridesLike = (), epochs: int | None = None,
             metrics: Sequence[str] = DEFAULT_METRICS, progress: bool = False,
             on_run: Callable[[str, int, dict[str, Any]], None] | None = None, tune_trials: int = 0,
-            tune_options: Mapping[str, Any] | None = None, jobs: int | None = 1, ddp: int = 1) -> Comparison:
+            tune_options: Mapping[str, Any] | None = None, jobs: int | None = 1, ddp: int = 1,
+            trained: Mapping[tuple[str, int], Path] | None = None) -> Comparison:
     """Train (or reuse) every entry x seed under ``out`` and tabulate test metrics (mean, std).
 
     ``jobs``: runs trained at once, in worker processes with ``cores // jobs`` torch threads each
@@ -104,7 +106,11 @@ def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *
     ``tune_options`` are passed to :func:`prismrec.study.tune_study` (``workers``, ``select``, ``prune``...).
 
     ``ddp > 1``: every seed run is trained data-parallel by that many processes (``torchrun``; one run at a
-    time, :func:`prismrec.parallel.torchrun_train`); tuning trials still run one process each."""
+    time, :func:`prismrec.parallel.torchrun_train`); tuning trials still run one process each.
+
+    ``trained[(label, seed)]``: a run of that entry and seed already trained with its test set unscored (a study's
+    selected trial at the trial seed; ``tune_trials`` fills it): copied and scored, not trained again
+    (:func:`prismrec.runs.adopt_trained`; trained as usual when its inputs differ)."""
     out = Path(out)
     parsed = [e if isinstance(e, Entry) else Entry.parse(e) for e in entries]
     labels = [e.label for e in parsed]
@@ -113,9 +119,11 @@ def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *
     rows = []
     tuned: dict[str, Overrides] = {}
     protocol = None
+    trained = dict(trained or {})
     if tune_trials:
-        tuned, protocol = _tune_entries(parsed, data, out, tune_trials, seeds, config_files, overrides, epochs,
-                                        dict(tune_options or {}), progress)
+        tuned, protocol, selected_runs = _tune_entries(parsed, data, out, tune_trials, seeds, config_files, overrides,
+                                                       epochs, dict(tune_options or {}), progress)
+        trained.update(selected_runs)
     plan: list[list[Any]] = []  # [entry, seed, run_dir, metrics (None until trained)]
     todo: list[tuple[int, dict[str, Any]]] = []  # (plan index, train_run arguments) of the runs to train
     for entry in parsed:
@@ -123,10 +131,12 @@ def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *
             run_dir = out / entry.dirname / f"seed-{seed}"
             settings = merge_overrides(overrides, entry.overrides, tuned.get(entry.label, {}))
             # a finished run is reused only when it was made from the same settings and data
-            m = reuse_finished(run_dir, entry.model, data, config_files=config_files, overrides=settings,
-                               seed=seed, epochs=epochs)
+            build = dict(config_files=config_files, overrides=settings, seed=seed, epochs=epochs)
+            m = reuse_finished(run_dir, entry.model, data, **build)
             if m is None:
-                resume = run_dir.is_dir() and any(run_dir.iterdir())
+                src = trained.get((entry.label, seed))
+                adopted = src is not None and adopt_trained(Path(src), run_dir, entry.model, data, **build)
+                resume = adopted or (run_dir.is_dir() and any(run_dir.iterdir()))
                 todo.append((len(plan), dict(model=entry.model, data=data, out=run_dir, config_files=config_files,
                                              overrides=settings, seed=seed, epochs=epochs, resume=resume,
                                              progress=progress)))
@@ -172,8 +182,10 @@ def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *
 
 def _tune_entries(entries: list[Entry], data: Any, out: Path, trials: int, seeds: Sequence[int],
                   config_files: Sequence[str | Path], overrides: OverridesLike, epochs: int | None,
-                  options: dict[str, Any], progress: bool) -> tuple[dict[str, Overrides], str]:
-    """The same search for every entry: ``trials`` trials (trial seed: the first seed), then its best setting."""
+                  options: dict[str, Any], progress: bool
+                  ) -> tuple[dict[str, Overrides], str, dict[tuple[str, int], Path]]:
+    """The same search for every entry: ``trials`` trials (trial seed: the first seed), then its best setting, the
+    protocol line, and each entry's selected trial run at the trial seed (its first seed run, already trained)."""
     from .runs import build_config
     from .search_space import canonical_key
     from .study import tpe_startup_note, tune_study
@@ -184,6 +196,7 @@ def _tune_entries(entries: list[Entry], data: Any, out: Path, trials: int, seeds
         raise ConfigError(f"compare --tune gives every model the same patience rule, and the entries set different "
                           f"train.patience values ({sorted(patience)}). Fix: set it once with --set train.patience=N.")
     tuned: dict[str, Overrides] = {}
+    selected_runs: dict[tuple[str, int], Path] = {}
     spec = None
     for e in entries:
         fixed: dict[str, Any] = {}
@@ -196,6 +209,7 @@ def _tune_entries(entries: list[Entry], data: Any, out: Path, trials: int, seeds
                          final_seeds=(), config_files=config_files, overrides=merge_overrides(overrides, e.overrides),
                          epochs=epochs, progress=progress, **options)
         spec = res.spec
+        selected_runs.update({(e.label, s): p for s, p in res.selected_runs.items()})
         tuned[e.label] = merge_overrides({k if k.startswith(("train.", "data.")) else f"{e.model}.{k}": v
                                           for k, v in res.best_params.items()},
                                          {"train.valid_metric": spec.select})
@@ -205,7 +219,7 @@ def _tune_entries(entries: list[Entry], data: Any, out: Path, trials: int, seeds
                 f"(trial seed {seeds[0]}, {prune}, "
                 f"patience {patience.pop()}{f', at most {epochs} epochs' if epochs else ''}), then seeds "
                 f"{', '.join(map(str, seeds))} of the selected setting; test scored only for those runs.")
-    return tuned, protocol
+    return tuned, protocol, selected_runs
 
 
 def _summarise(runs: pd.DataFrame, entries: list[Entry], metrics: Sequence[str], out: Path,

@@ -419,6 +419,28 @@ def reuse_finished(run_dir: Path, model: str, data: Any, **build: Any) -> dict[s
     return read_json(run_dir / METRICS_FILE)
 
 
+def adopt_trained(src: Path, run_dir: Path, model: str, data: Any, **build: Any) -> bool:
+    """Make ``run_dir`` a copy of the run ``src`` trained for the same inputs but with its test set left unscored
+    (a tuning trial: the selected setting at the trial seed), to be resumed: ``train_run(..., resume=True)`` then
+    stops at once (the copied checkpoint has stopped) and scores the test set with the copied best weights, so
+    the run is not trained a second time. False, and nothing written, when ``run_dir`` exists, ``src`` is not a
+    finished run with its checkpoint and weights, or its inputs differ."""
+    import shutil
+
+    from .train.trainer import CHECKPOINT
+
+    if run_dir.exists() or not all((src / f).is_file() for f in (METRICS_FILE, CHECKPOINT, BEST, CONFIG_FILE)):
+        return False
+    if input_differences(src, build_config(model, data, **build), data):
+        return False
+    tmp = run_dir.with_name(run_dir.name + ".adopting")
+    shutil.rmtree(tmp, ignore_errors=True)  # what a killed copy left
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(METRICS_FILE, PER_USER_FILE))
+    tmp.rename(run_dir)
+    log.info("%s: the run trained as %s, its test set scored now", run_dir, src)
+    return True
+
+
 def _require_run(run_dir: Path) -> None:
     if not (run_dir / CONFIG_FILE).is_file():
         raise PrismrecError(f"{run_dir} is not a prismrec run directory (no {CONFIG_FILE}). "

@@ -459,6 +459,7 @@ class StudyResult:
     best_value: float
     final: Any  # Comparison or None
     markdown: str
+    selected_runs: dict[int, Path] = field(default_factory=dict)  # the selected trial's run per trial seed
 
 
 def tune_study(model: str, data: str | Path, out: str | Path, *, space: Mapping[str, Dist | None] | None = None,
@@ -607,13 +608,17 @@ def finish_study(out: str | Path, *, final_seeds: Sequence[int] = (0, 1, 2), pro
     wait_for_running_trials(study, database=is_database(spec.storage))
     best = best_trial(study)
     frame = trials_frame(study)
+    # the selected trial's runs are the final runs of its trial seeds: scored there, not trained again
+    trial_dir = out / "trials" / Path(best.user_attrs["run_dir"]).name if "run_dir" in best.user_attrs else None
+    selected_runs = {s: trial_dir / f"seed-{s}" for s in spec.seeds} if trial_dir is not None else {}
     final = None
     if final_seeds:
         entry = Entry.of(spec.model, _qualified_for_entry(decode_params(spec.space, best.params)))
         final = compare([entry], spec.data, out / "final", seeds=list(final_seeds), config_files=spec.config_files,
                         overrides=spec.overrides, epochs=spec.epochs,
                         metrics=list(dict.fromkeys([spec.select, "recall@10", "recall@20", "ndcg@10", "ndcg@20"])),
-                        progress=progress, on_run=on_run)
+                        progress=progress, on_run=on_run,
+                        trained={(entry.label, s): p for s, p in selected_runs.items()})
     counts = frame["state"].value_counts().to_dict() if len(frame) else {}
     epochs = frame["epochs_run"].fillna(0).sum() if "epochs_run" in frame else 0
     t = Table(["trial", "state", f"valid {spec.select}", "epochs", "setting"],
@@ -632,7 +637,8 @@ def finish_study(out: str | Path, *, final_seeds: Sequence[int] = (0, 1, 2), pro
         md += f"\nProtocol: {spec.protocol}, then the selected setting with seeds {list(final_seeds)}.\n\n" + final.markdown
     write_text(out / "tune.md", md)
     write_text(out / "trials.csv", frame.to_csv(index=False))
-    return StudyResult(spec, frame, decode_params(spec.space, best.params), float(best.value), final, md)
+    return StudyResult(spec, frame, decode_params(spec.space, best.params), float(best.value), final, md,
+                       selected_runs)
 
 
 def _qualified_for_entry(params: Mapping[str, Any]) -> dict[str, Any]:
