@@ -2,7 +2,8 @@
 
 For each entry of a compare folder (``OUT/<entry>/tune`` holds its study, ``runs.csv`` its seed runs): the
 trials (complete / pruned / failed), the epochs trained in the search, the search's wall time (the sum of
-its complete and pruned trials' durations, from the study's storage), the seed runs' training time, the selected setting with
+its complete and pruned trials' durations, from the study's storage), the seed runs' training time (not counting a seed
+run copied from the selected trial, ``trained_as.json``: its training is in the search's), the selected setting with
 its validation score, and the seeds' test mean ± std. Markdown on stdout.
 
 Pruning's saving is an estimate: a pruned trial is counted as if it would have run as many epochs as the
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from prismrec.report.html import run_dir_candidates
+from prismrec.runs import TRAINED_AS_FILE
 
 
 def _study(tune: Path):
@@ -74,7 +76,9 @@ def main() -> None:
             "epochs in the search": epochs,
             "epochs saved by pruning (est.)": round(saved),
             "search wall s": round(search_s),
-            "seed runs train s": round(float(sub["train_seconds"].sum())),
+            # a seed run copied from the selected trial (trained_as.json) was trained, and timed, in the search
+            "seed runs train s": round(float(sub.loc[[not (run_dir_candidates(args.folder, d)[0] / TRAINED_AS_FILE)
+                                                      .is_file() for d in sub["run_dir"]], "train_seconds"].sum())),
             "selected setting": ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()),
             f"valid {args.metric} (trial seed)": f"{best.value:.4f}",
             f"test {args.metric}": f"{np.mean(test):.4f} ± {np.std(test, ddof=1) if len(test) > 1 else 0:.4f}",

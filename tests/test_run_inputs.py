@@ -130,7 +130,7 @@ def test_an_archived_comparison_is_reused_without_its_weights(folders, tmp_path)
 def test_compare_tune_scores_the_selected_trial_as_its_first_seed_run_instead_of_training_it_again(folders, tmp_path):
     """The selected trial was trained at the trial seed (the first seed) with the seed runs' inputs: that run is
     copied, its test set scored with its best weights, and only the other seeds are trained."""
-    from prismrec.runs import PER_USER_FILE, adopt_trained
+    from prismrec.runs import PER_USER_FILE, TRAINED_AS_FILE, adopt_trained
     from prismrec.study import load_spec, open_study, best_trial
 
     a, b = folders
@@ -146,6 +146,8 @@ def test_compare_tune_scores_the_selected_trial_as_its_first_seed_run_instead_of
     assert m0["valid"] == mt["valid"] and m0["best_epoch"] == mt["best_epoch"] and mt["test"] == {}
     assert m0["test"] and (seed0 / PER_USER_FILE).is_file() and not (trial_run / PER_USER_FILE).exists()
     assert len(res.runs) == 2 and not (seed0.parent / "seed-0.adopting").exists()
+    assert json.loads((seed0 / TRAINED_AS_FILE).read_text())["run"] == str(trial_run.resolve())
+    assert not (seed1 / TRAINED_AS_FILE).exists()
     # a trained run of other inputs (another seed; another data folder) is not adopted
     assert not adopt_trained(trial_run, tmp_path / "x", "lightgcn", str(a), overrides=FAST, seed=1, epochs=3)
     assert not adopt_trained(trial_run, tmp_path / "y", "lightgcn", str(b), overrides=FAST, seed=0, epochs=3)

@@ -51,6 +51,7 @@ CONFIG_FILE = "config.yaml"
 SPLIT_FILE = "split.npz"
 PER_USER_FILE = "per_user_test.npz"
 INPUTS_FILE = "inputs.json"
+TRAINED_AS_FILE = "trained_as.json"  # a run copied from the run that trained it (adopt_trained)
 #: settings that change how a run executes, not what it computes: they may differ on resume / reuse
 RUNTIME_KEYS = (("train", "device"), ("train", "threads"))
 
@@ -436,6 +437,7 @@ def adopt_trained(src: Path, run_dir: Path, model: str, data: Any, **build: Any)
     tmp = run_dir.with_name(run_dir.name + ".adopting")
     shutil.rmtree(tmp, ignore_errors=True)  # what a killed copy left
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(METRICS_FILE, PER_USER_FILE))
+    write_json(tmp / TRAINED_AS_FILE, {"run": str(src.resolve())})  # where its training (and its time) was counted
     tmp.rename(run_dir)
     log.info("%s: the run trained as %s, its test set scored now", run_dir, src)
     return True
