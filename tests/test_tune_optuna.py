@@ -274,6 +274,9 @@ def test_a_study_folder_names_its_own_journal_from_any_folder_and_after_a_move(m
     journal = (tmp_path / "moved" / "study.journal").read_bytes()
     study_status(tmp_path / "moved")
     assert (tmp_path / "moved" / "study.journal").read_bytes() == journal  # a status read writes nothing
+    tune_study("lightgcn", str(folder), tmp_path / "moved", space={"reg_type": None}, trials=3, final_seeds=(),
+               prune=False)  # nor does the resume of a finished study (a table assembled again from its studies)
+    assert (tmp_path / "moved" / "study.journal").read_bytes() == journal
     (tmp_path / "moved" / "study.journal").unlink()
     with pytest.raises(PrismrecError, match="holds no study"):
         study_status(tmp_path / "moved")

@@ -191,13 +191,13 @@ def open_study(spec: StudySpec, worker_id: int = 0, *, create: bool = True):
     if not create and not is_database(spec.storage) and not Path(spec.storage).is_file():
         raise PrismrecError(missing)
     storage = make_storage(spec.storage)
-    if create:
+    if spec.study_name in optuna.get_all_study_names(storage):  # loaded: opening a study writes nothing to it
+        study = optuna.load_study(study_name=spec.study_name, storage=storage, pruner=pruner)
+    elif create:
         study = optuna.create_study(study_name=spec.study_name, storage=storage, pruner=pruner,
                                     direction="maximize", load_if_exists=True)
-    elif spec.study_name not in optuna.get_all_study_names(storage):
-        raise PrismrecError(missing)
     else:
-        study = optuna.load_study(study_name=spec.study_name, storage=storage, pruner=pruner)
+        raise PrismrecError(missing)
     so_far = len(study.get_trials(deepcopy=False))
     if spec.sampler == "grid":
         study.sampler = optuna.samplers.GridSampler(grid_values(spec.space), seed=seed + 7919 * so_far)
