@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -217,6 +218,31 @@ def test_compare_writes_mean_and_std_tables(trained):
     # the seeds really differ (different initialisations), so the spread is not zero
     assert summary.loc[summary["entry"] == "bpr", "recall@20_std"].iloc[0] > 0
     assert "p_value" in summary.columns and not np.isnan(summary["p_value"].iloc[1])
+
+
+def test_compare_tests_every_entry_against_each_reference(trained, tmp_path):
+    """``references`` (``compare --ref``, repeatable): one paired test per reference and entry, one p column each
+    in the table; finished runs are reused, nothing is trained again; a name that is no entry is refused."""
+    from prismrec.compare import compare
+    from prismrec.errors import ConfigError
+
+    out = tmp_path / "cmp"
+    shutil.copytree(trained.cmp, out)
+    stamp = (out / "bpr" / "seed-0" / "metrics.json").stat().st_mtime_ns
+    sets = ["train.batch_size=128", "embedding_size=16", "lightgcn.n_layers=1"]
+    res = compare(["bpr", "lightgcn"], trained.data, out, seeds=(0, 1), epochs=3, overrides=sets,
+                  references=["lightgcn", "bpr"])
+    assert (out / "bpr" / "seed-0" / "metrics.json").stat().st_mtime_ns == stamp
+    s = res.summary.set_index("entry")
+    gap = s.loc["bpr", "ndcg@20_mean"] - s.loc["lightgcn", "ndcg@20_mean"]
+    assert s.loc["bpr", "diff_vs_lightgcn"] == pytest.approx(gap, abs=1e-9)
+    assert s.loc["lightgcn", "diff_vs_bpr"] == pytest.approx(-gap, abs=1e-9)
+    assert s.loc["bpr", "p_vs_lightgcn"] == pytest.approx(s.loc["lightgcn", "p_vs_bpr"])
+    assert s.loc["bpr", "p_value"] == s.loc["bpr", "p_vs_lightgcn"] and np.isnan(s.loc["lightgcn", "p_value"])
+    assert "p vs lightgcn (ndcg@20)" in res.markdown and "p vs bpr (ndcg@20)" in res.markdown
+    with pytest.raises(ConfigError, match="'freedom' names no entry.*bpr, lightgcn"):
+        compare(["bpr", "lightgcn"], trained.data, out, seeds=(0, 1), epochs=3, overrides=sets,
+                references=["freedom"])
 
 
 def test_significance_between_two_runs(trained):

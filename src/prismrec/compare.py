@@ -93,7 +93,7 @@ def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *
             metrics: Sequence[str] = DEFAULT_METRICS, progress: bool = False,
             on_run: Callable[[str, int, dict[str, Any]], None] | None = None, tune_trials: int = 0,
             tune_options: Mapping[str, Any] | None = None, jobs: int | None = 1, ddp: int = 1,
-            trained: Mapping[tuple[str, int], Path] | None = None) -> Comparison:
+            trained: Mapping[tuple[str, int], Path] | None = None, references: Sequence[str] = ()) -> Comparison:
     """Train (or reuse) every entry x seed under ``out`` and tabulate test metrics (mean, std).
 
     ``jobs``: runs trained at once, in worker processes with ``cores // jobs`` torch threads each
@@ -110,12 +110,17 @@ def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *
 
     ``trained[(label, seed)]``: a run of that entry and seed already trained with its test set unscored (a study's
     selected trial at the trial seed; ``tune_trials`` fills it): copied and scored, not trained again
-    (:func:`prismrec.runs.adopt_trained`; trained as usual when its inputs differ)."""
+    (:func:`prismrec.runs.adopt_trained`; trained as usual when its inputs differ).
+
+    ``references``: the entries (label, folder name, or a model name listed once) every other entry is tested
+    against, each by the paired test over seeds (``diff_vs_<label>``, ``p_vs_<label>``; one p column each in the
+    table); default the first entry. ``p_value`` is the test against the first reference."""
     out = Path(out)
     parsed = [e if isinstance(e, Entry) else Entry.parse(e) for e in entries]
     labels = [e.label for e in parsed]
     if len(set(labels)) != len(labels):
         raise ConfigError("the same model entry is listed twice; give each entry different settings.")
+    refs = [find_entry(parsed, r) for r in references] or parsed[:1]
     rows = []
     tuned: dict[str, Overrides] = {}
     protocol = None
@@ -167,8 +172,8 @@ def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *
         row.update({f"valid_{k}": m["valid"].get(k, np.nan) for k in metrics})
         rows.append(row)
     runs = pd.DataFrame(rows)
-    summary = _summarise(runs, parsed, metrics, out, seeds)
-    md = _markdown(summary, metrics, data, seeds, history_protocol(runs["mask_history"]))
+    summary = _summarise(runs, parsed, metrics, out, seeds, refs)
+    md = _markdown(summary, metrics, data, seeds, history_protocol(runs["mask_history"]), refs)
     if protocol:
         md = f"Protocol: {protocol}\n\n" + md
     out.mkdir(parents=True, exist_ok=True)
@@ -222,10 +227,18 @@ def _tune_entries(entries: list[Entry], data: Any, out: Path, trials: int, seeds
     return tuned, protocol, selected_runs
 
 
+def find_entry(entries: Sequence[Entry], name: str) -> Entry:
+    """The entry ``name`` names: its label, its folder name, or its model when that model is listed once."""
+    hits = [e for e in entries if name in (e.label, e.dirname)] or [e for e in entries if e.model == name]
+    if len(hits) != 1:
+        why = "names no entry" if not hits else "is listed more than once"
+        raise ConfigError(f"--ref {name!r} {why}; give one of the entries' labels: {', '.join(e.label for e in entries)}.")
+    return hits[0]
+
+
 def _summarise(runs: pd.DataFrame, entries: list[Entry], metrics: Sequence[str], out: Path,
-               seeds: Sequence[int]) -> pd.DataFrame:
-    ref = entries[0]
-    ref_seeds = _per_user_seeds(out / ref.dirname, seeds, metrics[-1])
+               seeds: Sequence[int], refs: Sequence[Entry]) -> pd.DataFrame:
+    per_user = {r.label: _per_user_seeds(out / r.dirname, seeds, metrics[-1]) for r in refs}
     recs = []
     for e in entries:
         sub = runs[runs["entry"] == e.label]
@@ -237,12 +250,14 @@ def _summarise(runs: pd.DataFrame, entries: list[Entry], metrics: Sequence[str],
         rec["train_seconds_mean"] = float(sub["train_seconds"].mean())
         rec["epoch_seconds_mean"] = float(sub["epoch_seconds"].mean())
         rec["best_epoch_mean"] = float(sub["best_epoch"].mean())
-        if e is not ref and ref_seeds is not None:
-            other = _per_user_seeds(out / e.dirname, seeds, metrics[-1])
-            if other is not None:
-                t = paired_over_seeds(ref_seeds, other, metrics[-1])
+        other = _per_user_seeds(out / e.dirname, seeds, metrics[-1])
+        for i, ref in enumerate(refs):
+            if e is not ref and other is not None and per_user[ref.label] is not None:
+                t = paired_over_seeds(per_user[ref.label], other, metrics[-1])
                 rec[f"diff_vs_{ref.label}"] = t.diff
-                rec["p_value"] = t.t_pvalue
+                rec[f"p_vs_{ref.label}"] = t.t_pvalue
+                if i == 0:
+                    rec["p_value"] = t.t_pvalue
         recs.append(rec)
     return pd.DataFrame(recs)
 
@@ -262,11 +277,13 @@ def _per_user_seeds(entry_dir: Path, seeds: Sequence[int], metric: str) -> list[
 
 
 def _markdown(summary: pd.DataFrame, metrics: Sequence[str], data: Any, seeds: Sequence[int],
-              history: str | None = None) -> str:
+              history: str | None = None, refs: Sequence[Entry] = ()) -> str:
     extra: list[tuple[str, Any]] = [("s/epoch", lambda r: num(r["epoch_seconds_mean"], 3)),
                                     ("best epoch", lambda r: num(r["best_epoch_mean"], 0))]
-    if "p_value" in summary.columns:
-        extra.append((f"p vs {summary['entry'].iloc[0]} ({metrics[-1]})", lambda r: pvalue(r.get("p_value"))))
+    for ref in refs:
+        if f"p_vs_{ref.label}" in summary.columns:
+            extra.append((f"p vs {ref.label} ({metrics[-1]})",
+                          lambda r, col=f"p_vs_{ref.label}": pvalue(r.get(col))))
     table = seed_summary_table(summary.to_dict("records"), metrics, extra=extra,
                                caption=protocol_caption(data, seeds, history=history))
     return table.markdown() + "\n"

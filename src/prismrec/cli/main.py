@@ -246,6 +246,8 @@ def compare(
                                        "torch threads (default: 2 on a CPU with 2+ cores, 1 on a GPU)"),
     ddp: int = typer.Option(1, "--ddp", min=1, help="train each run data-parallel with N processes (torchrun; gloo "
                             "on CPU, NCCL on GPU), one run at a time; tuning trials stay one process"),
+    ref: list[str] = typer.Option([], "--ref", help="entry every other entry is tested against (paired over seeds), "
+                                  "repeatable: one p column each (default: the first --model)"),
     track: Optional[str] = typer.Option(None, "--track", help=_TRACK_HELP),
     track_uri: Optional[str] = typer.Option(None, "--track-uri", help=_TRACK_URI_HELP),
 ) -> None:
@@ -269,7 +271,7 @@ def compare(
                           tune_trials=tune, tune_options={"workers": tune_workers, "prune_warmup": tune_prune_warmup,
                                                                "start_at_defaults": tune_start_at_defaults}
                           if tune else None, jobs=jobs,
-                          ddp=ddp)
+                          ddp=ddp, references=ref)
     _print(res.markdown)
     _print(f"tables saved in {out}/results.md and {out}/results.csv")
     if res.report is not None:
