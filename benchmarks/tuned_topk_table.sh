@@ -2,7 +2,7 @@
 # Top-K tables under EQUAL budgets (issue 14): every model gets the same number of TPE trials on validation
 # (its declared search space, docs/models/<model>.md "Search space"), the same patience and epoch cap, then the
 # selected setting over seeds 0,1,2 (the only runs whose test set is scored), with paired tests against the first
-# entry (the best ID-only baseline is listed first: lightgcn, then bpr).
+# entry (the best ID-only baseline is listed first: lightgcn, then bpr) and against FREEDOM (`compare --ref`).
 # Resumable: run it again after a crash; each model's study resumes from OUT/<dataset>/<entry>/tune/study.journal
 # and finished seed runs are reused.
 # Usage: PRISMREC_DATA=../shared/data bash benchmarks/tuned_topk_table.sh [dataset ...]
@@ -20,19 +20,11 @@ WARMUP=()
 [ -n "${PRUNE_WARMUP:-}" ] && WARMUP=(--tune-prune-warmup "$PRUNE_WARMUP")
 ENTRIES=()
 for m in $MODELS; do ENTRIES+=(--model "$m"); done
+REFS=(--ref "${MODELS%% *}")
+[[ " $MODELS " == *" freedom "* && "${MODELS%% *}" != freedom ]] && REFS+=(--ref freedom)
 for d in $DATASETS; do
   echo "== $d: ${MODELS} x ${TRIALS} trials each"
   $P -q compare "${ENTRIES[@]}" --data "$d" --out "$OUT/$d" --seeds 0,1,2 --tune "$TRIALS" \
-     --tune-workers "${WORKERS:-1}" "${WARMUP[@]}" --jobs "${JOBS:-1}" \
+     --tune-workers "${WORKERS:-1}" "${WARMUP[@]}" --jobs "${JOBS:-1}" "${REFS[@]}" \
      --set "train.epochs=${EPOCHS:-400}" --set "train.threads=${THREADS:-1}"
-  cp "$OUT/$d/results.md" "$OUT/$d/results_vs_first.md"
-  # paired tests against FREEDOM as well: the same runs, FREEDOM listed first (nothing is retrained)
-  if [[ " $MODELS " == *" freedom "* ]]; then
-    $P -q compare --model freedom $(for m in $MODELS; do [[ $m != freedom ]] && echo --model $m; done) \
-       --data "$d" --out "$OUT/$d" --seeds 0,1,2 --tune "$TRIALS" --tune-workers "${WORKERS:-1}" \
-       "${WARMUP[@]}" --jobs "${JOBS:-1}" \
-       --set "train.epochs=${EPOCHS:-400}" --set "train.threads=${THREADS:-1}" > /dev/null
-    cp "$OUT/$d/results.md" "$OUT/$d/results_vs_freedom.md"
-    cp "$OUT/$d/results_vs_first.md" "$OUT/$d/results.md"
-  fi
 done
