@@ -1,13 +1,12 @@
 """What an equal-budget comparison (`prismrec compare --tune N`) spent and found, per model.
 
 For each entry of a compare folder (``OUT/<entry>/tune`` holds its study, ``runs.csv`` its seed runs): the
-trials (complete / pruned / failed), the epochs trained in the search, the search's wall time (the sum of
-its complete and pruned trials' durations, from the study's storage), the seed runs' training time (not counting a seed
+trials (complete / pruned / failed), the epochs trained in the search and its wall time (the sum of its complete
+and pruned trials' durations), both from the study's storage (``prismrec.study.search_cost``), the seed runs' training time (not counting a seed
 run copied from the selected trial, ``trained_as.json``: its training is in the search's), the selected setting with
 its validation score, and the seeds' test mean ± std. Markdown on stdout.
 
-Pruning's saving is an estimate: a pruned trial is counted as if it would have run as many epochs as the
-study's completed trials did on average (what it would really have run is unknown once it is stopped);
+Pruning's saving is ``search_cost``'s estimate (a pruned trial counted at the study's completed trials' mean length);
 the last line gives the share of epochs saved over all studies of the folder.
 
 Usage: python benchmarks/collect_tuned.py bench_out/tuned_topk/scientific_mm [--metric recall@20]
@@ -24,6 +23,7 @@ import pandas as pd
 
 from prismrec.report.html import run_dir_candidates
 from prismrec.runs import TRAINED_AS_FILE
+from prismrec.study import search_cost, trials_frame
 
 
 def _study(tune: Path):
@@ -54,17 +54,10 @@ def main() -> None:
         if tune is None:
             continue
         spec, study = _study(tune)
-        trials = [t for t in study.trials if not t.user_attrs.get("over_budget")]
-        states = pd.Series([t.state.name.lower() for t in trials]).value_counts()
-        # a failed trial is a killed run: its span runs to when a later start noticed it (not compute), and
-        # its retry resumes the run from its checkpoint, so only complete and pruned trials are summed
-        search_s = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials
-                       if t.datetime_complete and t.datetime_start and t.state.name in ("COMPLETE", "PRUNED"))
-        tried = pd.read_csv(tune / "trials.csv")
-        epochs = int(tried["epochs_run"].fillna(0).sum())
-        done = tried.loc[tried["state"] == "complete", "epochs_run"]
-        pruned = tried.loc[tried["state"] == "pruned", "epochs_run"].fillna(0)
-        saved = float((done.mean() - pruned).clip(lower=0).sum()) if len(done) and len(pruned) else 0.0
+        frame = trials_frame(study)
+        states = frame["state"].value_counts()
+        cost = search_cost(frame)
+        epochs, saved = cost["epochs"], cost["saved_epochs"]
         totals["epochs"] += epochs
         totals["saved"] += saved
         best = study.best_trial
@@ -75,7 +68,7 @@ def main() -> None:
                                                    f"{states.get('fail', 0)}",
             "epochs in the search": epochs,
             "epochs saved by pruning (est.)": round(saved),
-            "search wall s": round(search_s),
+            "search wall s": round(cost["seconds"]),
             # a seed run copied from the selected trial (trained_as.json) was trained, and timed, in the search
             "seed runs train s": round(float(sub.loc[[not (run_dir_candidates(args.folder, d)[0] / TRAINED_AS_FILE)
                                                       .is_file() for d in sub["run_dir"]], "train_seconds"].sum())),

@@ -21,7 +21,8 @@ optuna = pytest.importorskip("optuna", reason="optuna is not installed (pip inst
 
 from prismrec import study as study_module  # noqa: E402
 from prismrec.search_space import Choice, FloatRange, IntRange, model_space, parse_space  # noqa: E402
-from prismrec.study import StudySpec, load_spec, open_study, run_worker, study_status, tune_study, write_spec  # noqa: E402
+from prismrec.study import (StudySpec, load_spec, open_study, run_worker, search_cost, status_text,  # noqa: E402
+                            study_status, tune_study, write_spec)
 from prismrec.errors import PrismrecError  # noqa: E402
 
 from conftest import cli_env  # noqa: E402
@@ -157,6 +158,14 @@ def test_pruning_stops_clearly_worse_trials_early(mmrec_folder, tmp_path, monkey
         assert (Path(d) / "seed-0" / "pruned.json").is_file()  # the pruned run is kept and marked
     saved = 1 - t["epochs_run"].sum() / (10 * len(t))
     assert saved > 0
+    # the study's own account of it (tune.md, tune --status): every complete trial ran 10 epochs, so each pruned
+    # one is counted as 10 - its epochs; the seconds are the complete and pruned trials' durations
+    cost = search_cost(t)
+    assert cost["epochs"] == t["epochs_run"].sum()
+    assert cost["saved_epochs"] == pytest.approx((10 - pruned["epochs_run"]).sum())
+    assert cost["seconds"] == pytest.approx(t["seconds"].sum()) and t["seconds"].notna().all()
+    assert f"pruning saved about {cost['saved_epochs']:.0f} epochs" in (tmp_path / "p" / "tune.md").read_text()
+    assert f"spent: {cost['epochs']} epochs in all" in status_text(study_status(tmp_path / "p"))
 
 
 def _check_two_workers(out: Path, log: Path, trials: int, storage: str | None = None) -> None:

@@ -589,11 +589,37 @@ def trials_frame(study):
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("over_budget"):
             continue
+        # a failed trial is a killed run: its span runs to when a later start noticed it (not compute), and its
+        # retry resumes the run from its checkpoint, so only complete and pruned trials have a duration
+        timed = t.state.name in ("COMPLETE", "PRUNED") and t.datetime_start and t.datetime_complete
         rows.append({"number": t.number, "state": t.state.name.lower(), "value": t.value,
+                     "seconds": (t.datetime_complete - t.datetime_start).total_seconds() if timed else None,
                      "epochs_run": t.user_attrs.get("epochs_run"), "best_epoch": t.user_attrs.get("best_epoch"),
                      "retry_of": t.user_attrs.get("retry_of"), "run_dir": t.user_attrs.get("run_dir"),
                      **{f"param_{k}": v for k, v in t.params.items()}})
     return pd.DataFrame(rows)
+
+
+def search_cost(frame) -> dict[str, float]:
+    """What a search spent (``frame``: :func:`trials_frame`): its trials' ``epochs``, the ``seconds`` of its complete
+    and pruned trials, and ``saved_epochs``, the epochs pruning saved: an estimate, each pruned trial counted as if it
+    had run as many epochs as the complete trials did on average (what it would have run is unknown once stopped)."""
+    if not len(frame):
+        return {"epochs": 0, "seconds": 0.0, "saved_epochs": 0.0}
+    epochs = frame["epochs_run"].astype(float).fillna(0)
+    done, pruned = epochs[frame["state"] == "complete"], epochs[frame["state"] == "pruned"]
+    saved = float((done.mean() - pruned).clip(lower=0).sum()) if len(done) and len(pruned) else 0.0
+    return {"epochs": int(epochs.sum()), "seconds": float(frame["seconds"].astype(float).fillna(0).sum()),
+            "saved_epochs": saved}
+
+
+def cost_text(cost: Mapping[str, float]) -> str:
+    text = f"{cost['epochs']} epochs in all, {cost['seconds']:.0f} s of trials"
+    if cost["saved_epochs"]:
+        share = cost["saved_epochs"] / (cost["epochs"] + cost["saved_epochs"])
+        text += (f"; pruning saved about {cost['saved_epochs']:.0f} epochs ({share:.0%}, estimated at the complete "
+                 "trials' mean length)")
+    return text
 
 
 def finish_study(out: str | Path, *, final_seeds: Sequence[int] = (0, 1, 2), progress: bool = False,
@@ -620,12 +646,11 @@ def finish_study(out: str | Path, *, final_seeds: Sequence[int] = (0, 1, 2), pro
                         progress=progress, on_run=on_run,
                         trained={(entry.label, s): p for s, p in selected_runs.items()})
     counts = frame["state"].value_counts().to_dict() if len(frame) else {}
-    epochs = frame["epochs_run"].fillna(0).sum() if "epochs_run" in frame else 0
     t = Table(["trial", "state", f"valid {spec.select}", "epochs", "setting"],
               caption=f"`prismrec tune` of `{spec.model}` on `{spec.data}`: {spec.protocol}; "
                       f"{counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, "
-                      f"{counts.get('fail', 0)} failed, {int(epochs)} epochs in all. Test is scored only for the "
-                      f"selected setting (trial {best.number}).")
+                      f"{counts.get('fail', 0)} failed, {cost_text(search_cost(frame))}. Test is scored only for "
+                      f"the selected setting (trial {best.number}).")
     for _, r in frame.sort_values("number").iterrows():
         params = {k[6:]: r[k] for k in frame.columns if k.startswith("param_") and r[k] == r[k]}
         mark = " **(chosen)**" if r["number"] == best.number else ""
@@ -662,7 +687,7 @@ def study_status(out: str | Path, storage: str | None = None) -> dict[str, Any]:
                            "budget": {"trials": spec.trials, "timeout": spec.timeout},
                            "complete": counts.get("complete", 0), "pruned": counts.get("pruned", 0),
                            "failed": counts.get("fail", 0), "running": counts.get("running", 0),
-                           "waiting": counts.get("waiting", 0), "select": spec.select}
+                           "waiting": counts.get("waiting", 0), "select": spec.select, "cost": search_cost(frame)}
     try:
         b = best_trial(study)
         res["best"] = {"trial": b.number, "value": b.value, "params": dict(b.params)}
@@ -677,7 +702,8 @@ def status_text(s: Mapping[str, Any]) -> str:
     budget = s["budget"]
     lines = [f"study {s['study']} ({s['model']}) in {s['storage']}",
              f"trials: {s['complete']} complete, {s['pruned']} pruned, {s['failed']} failed, {s['running']} running, "
-             f"{s['waiting']} waiting (budget: {budget['trials'] or '-'} trials, timeout {budget['timeout'] or '-'})"]
+             f"{s['waiting']} waiting (budget: {budget['trials'] or '-'} trials, timeout {budget['timeout'] or '-'})",
+             f"spent: {cost_text(s['cost'])}"]
     if s["best"]:
         params = ", ".join(f"{k}={_show(v)}" for k, v in s["best"]["params"].items())
         lines.append(f"best: trial {s['best']['trial']}, valid {s['select']} {s['best']['value']:.4f}: {params}")
