@@ -120,7 +120,7 @@ def compare(entries: Sequence[str | Entry], data: str | Path, out: str | Path, *
     labels = [e.label for e in parsed]
     if len(set(labels)) != len(labels):
         raise ConfigError("the same model entry is listed twice; give each entry different settings.")
-    refs = [find_entry(parsed, r) for r in references] or parsed[:1]
+    refs = list({e.label: e for e in (find_entry(parsed, r) for r in references)}.values()) or parsed[:1]
     rows = []
     tuned: dict[str, Overrides] = {}
     protocol = None
