@@ -15,7 +15,6 @@ Usage: python benchmarks/collect_tuned.py bench_out/tuned_topk/scientific_mm [--
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +22,7 @@ import pandas as pd
 
 from prismrec.report.html import run_dir_candidates
 from prismrec.runs import TRAINED_AS_FILE
-from prismrec.study import search_cost, trials_frame
-
-
-def _study(tune: Path):
-    import optuna
-    from optuna.storages.journal import JournalFileBackend
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    spec = json.loads((tune / "study.json").read_text())
-    storage = optuna.storages.JournalStorage(JournalFileBackend(str(tune / "study.journal")))
-    return spec, optuna.load_study(study_name=spec["study_name"], storage=storage)
+from prismrec.study import load_spec, open_study, search_cost, trials_frame
 
 
 def _fmt(v) -> str:
@@ -53,7 +42,7 @@ def main() -> None:
                      if (c.parent / "tune" / "study.json").is_file()), None)
         if tune is None:
             continue
-        spec, study = _study(tune)
+        study = open_study(load_spec(tune), create=False)  # a read: the journal is left as it is
         frame = trials_frame(study)
         states = frame["state"].value_counts()
         cost = search_cost(frame)

@@ -232,7 +232,8 @@ def find_entry(entries: Sequence[Entry], name: str) -> Entry:
     hits = [e for e in entries if name in (e.label, e.dirname)] or [e for e in entries if e.model == name]
     if len(hits) != 1:
         why = "names no entry" if not hits else "is listed more than once"
-        raise ConfigError(f"--ref {name!r} {why}; give one of the entries' labels: {', '.join(e.label for e in entries)}.")
+        raise ConfigError(f"--ref {name!r} {why}; give one of the entries' labels: "
+                          f"{', '.join(e.label for e in entries)}.")
     return hits[0]
 
 
@@ -250,7 +251,7 @@ def _summarise(runs: pd.DataFrame, entries: list[Entry], metrics: Sequence[str],
         rec["train_seconds_mean"] = float(sub["train_seconds"].mean())
         rec["epoch_seconds_mean"] = float(sub["epoch_seconds"].mean())
         rec["best_epoch_mean"] = float(sub["best_epoch"].mean())
-        other = _per_user_seeds(out / e.dirname, seeds, metrics[-1])
+        other = per_user[e.label] if e.label in per_user else _per_user_seeds(out / e.dirname, seeds, metrics[-1])
         for i, ref in enumerate(refs):
             if e is not ref and other is not None and per_user[ref.label] is not None:
                 t = paired_over_seeds(per_user[ref.label], other, metrics[-1])
