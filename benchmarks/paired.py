@@ -69,7 +69,7 @@ def main() -> None:
         table = Table(["model", "metric", "seed", "ref", "model", "diff", "95% CI", "t p", "Wilcoxon p"],
                       caption=f"\nPaired tests on `{a.root.name}` against **{ref}** (per-user test metric, B - A; "
                               f"{protocol})")
-        for model in models:
+        for model in (m for m in models if m != ref):
             for metric in metrics:
                 for name, t in tests(a.root, ref, model, metric, a.layout):
                     table.add(model, metric, name, num(t.mean_a), num(t.mean_b), signed(t.diff), ci(t.ci_low, t.ci_high),

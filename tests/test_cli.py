@@ -13,6 +13,8 @@ import json
 import math
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -243,6 +245,27 @@ def test_compare_tests_every_entry_against_each_reference(trained, tmp_path):
     with pytest.raises(ConfigError, match="'freedom' names no entry.*bpr, lightgcn"):
         compare(["bpr", "lightgcn"], trained.data, out, seeds=(0, 1), epochs=3, overrides=sets,
                 references=["freedom"])
+
+
+def test_paired_script_wide_layout_matches_the_pooled_tests(trained):
+    """``benchmarks/paired.py --wide`` (the layout of docs/benchmarks.md's paired tables): one row per model, one
+    "diff (t p / Wilcoxon p)" cell per reference and metric, equal to the pooled rows of the long layout."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "paired.py"
+    args = [sys.executable, script, trained.cmp, "--ref", "lightgcn", "--ref", "bpr", "--models", "bpr,lightgcn",
+            "--metrics", "recall@20,ndcg@20", "--layout", "compare"]
+    long_ = subprocess.run([*map(str, args)], capture_output=True, text=True, check=True).stdout
+    wide = subprocess.run([*map(str, args), "--wide"], capture_output=True, text=True, check=True).stdout
+    pooled = {}
+    for line in long_.splitlines():
+        c = [x.strip() for x in line.strip("|").split("|")]
+        if len(c) == 9 and c[2] == "pooled":
+            pooled.setdefault(c[0], []).append(f"{c[5]} ({c[7]} / {c[8]})")
+    rows = {c[0]: c[1:] for c in ([x.strip() for x in ln.strip("|").split("|")] for ln in wide.splitlines()
+                                  if ln.startswith("| bpr |") or ln.startswith("| lightgcn |"))}
+    assert [cell.replace("**", "") for cell in rows["bpr"][:2]] == pooled["bpr"]     # bpr - lightgcn
+    assert [cell.replace("**", "") for cell in rows["lightgcn"][2:]] == pooled["lightgcn"]  # lightgcn - bpr
+    assert rows["bpr"][2:] == ["", ""] and rows["lightgcn"][:2] == ["", ""]          # no test against itself
+    assert rows["bpr"][0].replace("**", "").lstrip("+-") == rows["lightgcn"][2].replace("**", "").lstrip("+-")
 
 
 def test_significance_between_two_runs(trained):
