@@ -25,13 +25,16 @@ def seed_runs(root: Path, model: str, layout: str) -> dict[str, Path]:
     return {p.name: p for p in sorted(root.glob(pattern)) if (p / "per_user_test.npz").is_file()}
 
 
-def tests(root: Path, ref: str, model: str, metric: str, layout: str):
-    """(seed label, test) for every seed both ran, then "pooled" over them all."""
+def tests(root: Path, ref: str, model: str, metrics: list[str], layout: str, per_seed: bool = True):
+    """{metric: [(seed label, test), ...]}: every seed both ran (with ``per_seed``), then "pooled" over
+    them all; each run's per-user results are read once."""
     a, b = seed_runs(root, ref, layout), seed_runs(root, model, layout)
     seeds = sorted(set(a) & set(b))
     za, zb = {s: load_per_user(a[s]) for s in seeds}, {s: load_per_user(b[s]) for s in seeds}
-    groups = [(s.replace("seed-", ""), [s]) for s in seeds] + ([("pooled", seeds)] if seeds else [])
-    return [(name, paired_over_seeds([za[s] for s in g], [zb[s] for s in g], metric)) for name, g in groups]
+    groups = [(s.replace("seed-", ""), [s]) for s in seeds] if per_seed else []
+    groups += [("pooled", seeds)] if seeds else []
+    return {metric: [(name, paired_over_seeds([za[s] for s in g], [zb[s] for s in g], metric))
+                     for name, g in groups] for metric in metrics}
 
 
 def main() -> None:
@@ -48,17 +51,17 @@ def main() -> None:
     protocol = history_protocol(masked_history(p) for p in every)
     if a.wide:
         table = Table(["model", *(f"− {r}: Δ{m} (t p / Wilcoxon p)" for r in a.ref for m in metrics)],
-                      caption=f"\nPaired tests on `{a.root.name}`, pooled over seeds (per-user test metric, B - A; "
-                              f"{protocol}; bold: t p < 0.05)")
+                      caption=f"\nPaired tests on `{a.root.name}`, pooled over seeds (per-user test metric, "
+                              f"B - A; {protocol}; bold: t p < 0.05)")
         for model in models:
             cells = []
             for ref in a.ref:
+                pooled = {} if model == ref else tests(a.root, ref, model, metrics, a.layout, per_seed=False)
                 for metric in metrics:
-                    pooled = [t for name, t in tests(a.root, ref, model, metric, a.layout) if name == "pooled"]
-                    if model == ref or not pooled:
-                        cells.append("")
+                    if not pooled.get(metric):
+                        cells.append("")  # the reference itself, or no seed in common
                         continue
-                    t = pooled[0]
+                    t = pooled[metric][0][1]
                     diff = signed(t.diff)
                     cells.append(f"{f'**{diff}**' if t.t_pvalue < 0.05 else diff} "
                                  f"({pvalue(t.t_pvalue)} / {pvalue(t.wilcoxon_pvalue)})")
@@ -67,13 +70,13 @@ def main() -> None:
         return
     for ref in a.ref:
         table = Table(["model", "metric", "seed", "ref", "model", "diff", "95% CI", "t p", "Wilcoxon p"],
-                      caption=f"\nPaired tests on `{a.root.name}` against **{ref}** (per-user test metric, B - A; "
-                              f"{protocol})")
+                      caption=f"\nPaired tests on `{a.root.name}` against **{ref}** (per-user test metric, "
+                              f"B - A; {protocol})")
         for model in (m for m in models if m != ref):
-            for metric in metrics:
-                for name, t in tests(a.root, ref, model, metric, a.layout):
-                    table.add(model, metric, name, num(t.mean_a), num(t.mean_b), signed(t.diff), ci(t.ci_low, t.ci_high),
-                              pvalue(t.t_pvalue), pvalue(t.wilcoxon_pvalue))
+            for metric, rows in tests(a.root, ref, model, metrics, a.layout).items():
+                for name, t in rows:
+                    table.add(model, metric, name, num(t.mean_a), num(t.mean_b), signed(t.diff),
+                              ci(t.ci_low, t.ci_high), pvalue(t.t_pvalue), pvalue(t.wilcoxon_pvalue))
         print(table.markdown())
 
 

@@ -248,11 +248,11 @@ def test_compare_tests_every_entry_against_each_reference(trained, tmp_path):
 
 
 def test_paired_script_wide_layout_matches_the_pooled_tests(trained):
-    """``benchmarks/paired.py --wide`` (the layout of docs/benchmarks.md's paired tables): one row per model, one
-    "diff (t p / Wilcoxon p)" cell per reference and metric, equal to the pooled rows of the long layout."""
+    """``benchmarks/paired.py --wide`` (the layout of docs/benchmarks.md's paired tables): one row per model,
+    one "diff (t p / Wilcoxon p)" cell per reference and metric, equal to the pooled rows of the long layout."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "paired.py"
-    args = [sys.executable, script, trained.cmp, "--ref", "lightgcn", "--ref", "bpr", "--models", "bpr,lightgcn",
-            "--metrics", "recall@20,ndcg@20", "--layout", "compare"]
+    args = [sys.executable, script, trained.cmp, "--ref", "lightgcn", "--ref", "bpr",
+            "--models", "bpr,lightgcn", "--metrics", "recall@20,ndcg@20", "--layout", "compare"]
     long_ = subprocess.run([*map(str, args)], capture_output=True, text=True, check=True).stdout
     wide = subprocess.run([*map(str, args), "--wide"], capture_output=True, text=True, check=True).stdout
     pooled = {}
