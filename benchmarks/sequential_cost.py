@@ -10,7 +10,7 @@ Usage (from the repository root)::
 
     git worktree add --detach ../before 19b524c      # the code before issue 16's cost work
     PRISMREC_DATA=../shared/data python benchmarks/sequential_cost.py --before ../before \\
-        --out bench_out/sequential_cost.jsonl         # then prints the markdown table
+        --out bench_out/seq_cost/sequential_cost.jsonl    # then prints the markdown table
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def commit_of(checkout: Path) -> str:
 
 
 def table(rows: dict[str, dict], versions: list[str], todo: list[dict]) -> str:
-    def label(c: dict) -> str:
+    def label(c: dict) -> tuple[str, str]:
         sets = [s for s in c["sets"] if s != "warmup_epochs=0"]
         loss = "sampled 1,024" if "loss_type=sampled" in sets else "full softmax"
         return f"{c['model']}{', windows' if 'training_samples=windows' in sets else ''}", loss
@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--datasets", default="scientific,ml-1m")
     ap.add_argument("--ml1m", default=os.path.join(os.environ.get("PRISMREC_DATA", "../shared/data"),
                                                    "movielens", "ml-1m"))
-    ap.add_argument("--out", type=Path, default=Path("bench_out/sequential_cost.jsonl"))
+    ap.add_argument("--out", type=Path, default=Path("bench_out/seq_cost/sequential_cost.jsonl"))
     ap.add_argument("--table-only", action="store_true", help="print the table of the finished cells")
     args = ap.parse_args()
 
