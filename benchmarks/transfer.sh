@@ -13,7 +13,7 @@
 #      Office. Pre-training stops when the training loss has not fallen by PRE_MIN_DELTA for PRE_PATIENCE
 #      epochs (at most PRE_EPOCHS_D; pretrain.json keeps the loss curve and says whether it converged);
 #      adaptation runs up to EPOCHS_D epochs with patience PATIENCE_D, so the cap does not bind (the best
-#      epochs are reported beside it). Office ships raw text only: its MiniLM features are extracted here
+#      epochs are reported beside it). Office ships raw text only: its MiniLM features are extracted here (benchmarks/text_features_folder.sh)
 #      (prismrec features) into OUT/data/office. MovieLens-100K stands for MovieLens: one ml-1m pre-training
 #      epoch costs ~115 s on this CPU (one thread, shared cores), ~10x an epoch of {office or scientific, ml-100k}.
 # plus the modality ablation on target A (text only vs text + image; the image adaptor is new at adaptation,
@@ -107,11 +107,8 @@ fi
 # ---- D: converged pre-training, uncapped adaptation: {office, ml-100k} -> scientific, {scientific, ml-100k} -> office
 if [[ $PART == D ]]; then
   OFFICE=$OUT/data/office
-  if [ ! -f "$OFFICE/text_feat.npy" ]; then
-    mkdir -p "$OFFICE"
-    for f in "$DATA"/office/*; do [ -e "$OFFICE/$(basename "$f")" ] || ln -s "$(realpath "$f")" "$OFFICE/"; done
-    HF_HUB_OFFLINE=1 $PR -q features --modality text --data "$OFFICE" --out "$OFFICE/"
-  fi
+  PRISMREC="$(command -v "$PR")" bash "$(dirname "$0")/text_features_folder.sh" "$(realpath "$DATA/office")" \
+    "$(realpath -m "$OFFICE")"   # links to the shared files + MiniLM text features; skipped when present
   CONV=(--set ant.pretrain_patience="${PRE_PATIENCE:-10}" --set ant.pretrain_min_delta="${PRE_MIN_DELTA:-0.005}")
   PAIRS=()   # checkpoint:source:target; TARGETS_D="scientific office" (default both; one per shell runs them in parallel)
   for t in ${TARGETS_D:-scientific office}; do
