@@ -14,8 +14,9 @@
 #      epochs (at most PRE_EPOCHS_D; pretrain.json keeps the loss curve and says whether it converged);
 #      adaptation runs up to EPOCHS_D epochs with patience PATIENCE_D, so the cap does not bind (the best
 #      epochs are reported beside it). Office ships raw text only: its MiniLM features are extracted here
-#      (prismrec features, by benchmarks/text_features_folder.sh) into OUT/data/office. MovieLens-100K stands for MovieLens: one ml-1m pre-training
-#      epoch costs ~115 s on this CPU (one thread, shared cores), ~10x an epoch of {office or scientific, ml-100k}.
+#      (prismrec features, by benchmarks/text_features_folder.sh) into OUT/data/office. MovieLens-100K stands
+#      for MovieLens: one ml-1m pre-training epoch costs ~115 s on this CPU (one thread, shared cores),
+#      ~10x an epoch of {office or scientific, ml-100k}.
 # plus the modality ablation on target A (text only vs text + image; the image adaptor is new at adaptation,
 # since the movie source has no images).
 #
